@@ -13,12 +13,45 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from inference.adapter import InferenceAdapter
+    from inference.forward_config import AdapterForwardConfig, SamplingParams
+
+    adapter = InferenceAdapter.load(args.model, backend=args.backend)
+    if args.chat:
+        text = adapter.chat_template.render([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        ids = adapter.tokenizer.encode(text, allow_special=True)
+    else:
+        ids = adapter.tokenizer.encode(args.prompt)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    cfg = AdapterForwardConfig(request_id="cli", prompt_ids=tuple(ids), sampling=sampling,
+                               max_tokens=args.max_tokens, stop=tuple(args.stop))
+    finish = None
+    for event in adapter.generate(cfg):
+        print(event.text, end="", flush=True)
+        finish = event.finish_reason or finish
+    print(f"\n[finish_reason={finish}]", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gguf-serve", description="OpenAI-compatible server for GGUF models")
     sub = parser.add_subparsers(dest="command")
     fetch = sub.add_parser("fetch-model", help="download a registry model into the cache; print its path")
     fetch.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)}")
     fetch.set_defaults(func=_fetch)
+    gen = sub.add_parser("generate", help="generate text for one prompt, printing tokens as they come")
+    gen.add_argument("--model", default=DEFAULT_MODEL, help="registry name or path to a .gguf file")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--backend", default="numpy", choices=["auto", "cuda", "numpy"])
+    gen.set_defaults(func=_generate)
     return parser
 
 

@@ -1,0 +1,137 @@
+"""InferenceAdapter: one Llama-family model behind one interface (load, prefill, decode, generate)."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .backends import select_backend
+from .backends.numpy_backend import AttentionSeq
+from .chat_template import ChatTemplate
+from .events import TokenEvent
+from .forward_config import AdapterForwardConfig
+from .gguf_loader import GGUFFile, load_gguf
+from .kv_cache import KVCache
+from .model import ForwardBatch, LlamaModel
+from .model_config import ModelConfig
+from .model_registry import resolve_model
+from .tokenizer import Tokenizer
+from .weights import load_weights
+
+_SESSION_BLOCK = 16
+
+
+class MemoryUsage(NamedTuple):
+    weights: int  # bytes of the weights as the backend holds them
+    kv_cache_per_token: int  # bytes of K and V for one token over all layers
+
+
+class InferenceAdapter:
+    def __init__(self, gguf: GGUFFile, config: ModelConfig, tokenizer: Tokenizer, backend):
+        self.path = gguf.path
+        self.config = config
+        self.tokenizer = tokenizer
+        self.chat_template = ChatTemplate.from_metadata(
+            gguf.metadata, bos_token=_text(tokenizer, tokenizer.bos_id), eos_token=_text(tokenizer, tokenizer.eos_id)
+        )
+        self.backend = backend
+        self.weights = load_weights(gguf, config, backend)
+        self.model = LlamaModel(config, self.weights, backend)
+        self._session: tuple[KVCache, int] | None = None  # (cache, tokens in it) for prefill/decode
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, *, backend: str = "numpy") -> "InferenceAdapter":
+        """Loads a registry model name or a .gguf path; weights are dequantized once here."""
+        gguf = load_gguf(resolve_model(model))
+        config = ModelConfig.from_gguf(gguf)
+        return cls(gguf, config, Tokenizer.from_metadata(gguf.metadata), select_backend(backend))
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.config.hidden_dim
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def memory_usage(self) -> MemoryUsage:
+        return MemoryUsage(self.weights.nbytes, KVCache.bytes_per_token(self.config))
+
+    def new_kv_cache(self, num_blocks: int, block_size: int) -> KVCache:
+        return KVCache(self.config, num_blocks, block_size)
+
+    def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
+        return self.model.forward(batch, kv)
+
+    # -- one sequence at a time: the building blocks the engine batches ------------------------------
+
+    def prefill(self, ids: list[int]) -> np.ndarray:
+        """Starts a fresh sequence with `ids`; returns the logits [V] after its last token."""
+        if not ids:
+            raise ValueError("prefill needs at least one token id")
+        self._check_ids(ids)
+        if self._session is None:
+            blocks = -(-self.config.context_length // _SESSION_BLOCK)
+            self._session = (self.new_kv_cache(blocks, _SESSION_BLOCK), 0)
+        self._session = (self._session[0], 0)
+        return self._run(ids)
+
+    def decode(self, token_id: int) -> np.ndarray:
+        """Appends one token to the sequence started by prefill(); returns the next logits [V]."""
+        if self._session is None:
+            raise RuntimeError("decode() before prefill()")
+        self._check_ids([token_id])
+        return self._run([token_id])
+
+    def greedy(self, ids: list[int], n: int) -> list[int]:
+        """n argmax tokens after `ids` (no stop tokens): the golden-test path."""
+        out, logits = [], self.prefill(ids)
+        for _ in range(n):
+            out.append(int(np.argmax(logits)))
+            if len(out) < n:
+                logits = self.decode(out[-1])
+        return out
+
+    def generate(self, cfg: AdapterForwardConfig) -> Iterator[TokenEvent]:
+        """Runs one request to completion (sampling, stop conditions) and yields its events."""
+        from .engine import Engine, EngineConfig
+
+        tokens = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // _SESSION_BLOCK) * _SESSION_BLOCK * cfg.n
+        engine = Engine(self, EngineConfig(max_num_seqs=max(cfg.n, 1), kv_cache_tokens=max(tokens, _SESSION_BLOCK)))
+        engine.add_request(cfg)
+        while engine.has_unfinished():
+            yield from engine.step()
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        kv, start = self._session
+        end = start + len(ids)
+        if end > self.config.context_length:
+            raise ValueError(f"sequence of {end} tokens exceeds the context length {self.config.context_length}")
+        pos = np.arange(start, end, dtype=np.int32)
+        table = np.arange(-(-end // _SESSION_BLOCK), dtype=np.int32)
+        batch = ForwardBatch(
+            np.asarray(ids, np.int32), pos, pos.copy(), [AttentionSeq(0, len(ids), end, table)],
+            np.asarray([len(ids) - 1]),
+        )
+        self._session = (kv, end)
+        return self.model.forward(batch, kv)[0]
+
+    def _check_ids(self, ids: list[int]) -> None:
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+
+
+def _text(tokenizer: Tokenizer, token_id: int | None) -> str:
+    return "" if token_id is None else tokenizer.decode([token_id])

@@ -1,0 +1,118 @@
+"""NumPy backend: the reference implementation of every op, and the CPU compute path."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..gguf_loader import TensorInfo, dequantize
+
+
+@dataclass(frozen=True)
+class AttentionSeq:
+    """One sequence of a packed batch: its queries are the last `query_len` of `context_len` tokens."""
+
+    query_start: int  # first row of this sequence in the packed [T, ...] activations
+    query_len: int
+    context_len: int  # tokens in the KV cache for this sequence, including the new ones
+    block_table: np.ndarray  # [ceil(context_len / block_size)] int32
+
+
+class NumpyBackend:
+    """Weights are dequantized to float32 once at load, so every op is a BLAS call or a vector op."""
+
+    name = "numpy"
+
+    def load_weight(self, tensor: TensorInfo) -> np.ndarray:
+        # [N, K] float32, C-contiguous: rows are output features, so `W @ x` streams memory in order
+        return np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
+
+    def fuse(self, parts: list[np.ndarray]) -> np.ndarray:
+        # stacks output rows: [N1 + N2 + ..., K] (q|k|v, gate|up) so one product serves them all
+        return np.concatenate(parts)
+
+    def embed(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        # table [V, D], ids [T] -> [T, D]
+        return table[ids]
+
+    def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        # x [T, D], w [D]; statistics in float64 for a stable reference
+        ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
+        return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * w
+
+    def linear(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+        # x [T, K], w [N, K] -> [T, N]; T == 1 takes BLAS gemv, which streams W once at full bandwidth
+        y = (w @ x[0])[None, :] if x.shape[0] == 1 else x @ w.T
+        if bias is not None:
+            y += bias
+        return y
+
+    def rope(self, x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, style: str) -> None:
+        # x [T, H, hd] rotated in place over its first rope_dim = 2 * len(inv_freq) dims
+        half = inv_freq.shape[0]
+        angles = positions.astype(np.float64)[:, None] * inv_freq.astype(np.float64)[None, :]  # [T, half]
+        cos = np.cos(angles).astype(np.float32)[:, None, :]
+        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        if style == "neox":  # pairs (i, i + half)
+            a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
+            x[..., :half] = a * cos - b * sin
+            x[..., half : 2 * half] = a * sin + b * cos
+        elif style == "normal":  # adjacent pairs (2i, 2i + 1)
+            a, b = x[..., 0 : 2 * half : 2].copy(), x[..., 1 : 2 * half : 2].copy()
+            x[..., 0 : 2 * half : 2] = a * cos - b * sin
+            x[..., 1 : 2 * half : 2] = a * sin + b * cos
+        else:
+            raise ValueError(f"rope style {style!r} is not one of 'normal', 'neox'")
+
+    def kv_write(self, k_cache, v_cache, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
+        # caches [num_blocks, block_size, n_kv, hd]; k, v [T, n_kv, hd]; slots [T] = block * block_size + offset
+        block_size = k_cache.shape[1]
+        blocks, offsets = np.divmod(slots, block_size)
+        k_cache[blocks, offsets] = k
+        v_cache[blocks, offsets] = v
+
+    def copy_block(self, k_cache, v_cache, src: int, dst: int) -> None:
+        k_cache[dst] = k_cache[src]
+        v_cache[dst] = v_cache[src]
+
+    def attention(self, q, k_cache, v_cache, seqs: list[AttentionSeq], sliding_window: int | None = None):
+        # q [T, H, hd] -> [T, H, hd]; causal over each sequence's cached context; GQA by head groups
+        out = np.empty_like(q)
+        for s in seqs:
+            rows = slice(s.query_start, s.query_start + s.query_len)
+            out[rows] = _attend_one(q[rows], k_cache, v_cache, s, sliding_window)
+        return out
+
+    def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        # gate_up [T, 2F] -> [T, F] = silu(gate) * up
+        f = gate_up.shape[1] // 2
+        gate, up = gate_up[:, :f], gate_up[:, f:]
+        return gate / (1.0 + np.exp(-gate)) * up
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x += y
+
+
+def _gather(cache: np.ndarray, s: AttentionSeq) -> np.ndarray:
+    # [num_blocks, bs, n_kv, hd] -> [n_kv, context_len, hd]
+    blocks = cache[s.block_table]
+    flat = blocks.reshape(-1, *cache.shape[2:])[: s.context_len]
+    return flat.transpose(1, 0, 2)
+
+
+def _attend_one(q, k_cache, v_cache, s: AttentionSeq, sliding_window: int | None):
+    length, n_heads, hd = q.shape
+    k, v = _gather(k_cache, s), _gather(v_cache, s)  # [n_kv, C, hd]
+    n_kv = k.shape[0]
+    qg = q.transpose(1, 0, 2).reshape(n_kv, n_heads // n_kv, length, hd)  # [n_kv, group, L, hd]
+    scores = (qg @ k[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(hd))  # [n_kv, g, L, C]
+    q_pos = np.arange(s.context_len - length, s.context_len)[:, None]  # [L, 1]
+    k_pos = np.arange(s.context_len)[None, :]  # [1, C]
+    masked = k_pos > q_pos
+    if sliding_window:
+        masked |= k_pos <= q_pos - sliding_window
+    scores = np.where(masked, -np.inf, scores)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = probs @ v[:, None]  # [n_kv, g, L, hd]
+    return out.reshape(n_heads, length, hd).transpose(1, 0, 2)

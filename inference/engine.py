@@ -1,0 +1,231 @@
+"""Engine: continuous batching. step() = schedule -> one forward over the batch -> sample -> postprocess."""
+
+import msgspec
+import numpy as np
+
+from .backends.numpy_backend import AttentionSeq
+from .block_manager import BlockManager
+from .errors import RequestError
+from .events import Logprob, TokenEvent, TokenLogprobs
+from .forward_config import AdapterForwardConfig
+from .model import ForwardBatch
+from .output_text import OutputText
+from .sampler import Sampler, SequenceSampling
+from .scheduler import Scheduled, Scheduler
+from .sequence import Sequence
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    max_num_seqs: int = 16  # sequences decoded together
+    max_num_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
+    block_size: int = 16  # token slots per KV block
+    kv_cache_tokens: int = 32768  # total KV slots; blocks = kv_cache_tokens // block_size
+
+
+class EngineStats(msgspec.Struct, kw_only=True):
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    preemptions: int
+
+
+class Engine:
+    def __init__(self, adapter, config: EngineConfig = EngineConfig()):
+        if config.kv_cache_tokens < config.block_size:
+            raise ValueError(f"kv_cache_tokens {config.kv_cache_tokens} < block_size {config.block_size}")
+        self.adapter = adapter
+        self.config = config
+        num_blocks = config.kv_cache_tokens // config.block_size
+        self.kv = adapter.new_kv_cache(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.sampler = Sampler()
+        self._by_request: dict[str, list[Sequence]] = {}
+
+    @classmethod
+    def load(cls, model_path, *, backend: str = "numpy", config: EngineConfig = EngineConfig()) -> "Engine":
+        from .adapter import InferenceAdapter
+
+        return cls(InferenceAdapter.load(model_path, backend=backend), config)
+
+    @property
+    def tokenizer(self):
+        return self.adapter.tokenizer
+
+    @property
+    def model_config(self):
+        return self.adapter.config
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def add_request(self, cfg: AdapterForwardConfig) -> None:
+        """Validates and queues a request; its n choices run as n sequences sharing the prompt."""
+        cfg.validate(vocab_size=self.adapter.vocab_size, context_length=self.adapter.config.context_length)
+        if cfg.request_id in self._by_request:
+            raise RequestError(f"request id {cfg.request_id!r} is already running", param="request_id")
+        if cfg.n > self.config.max_num_seqs:
+            raise RequestError(f"n = {cfg.n} exceeds this server's max_num_seqs = {self.config.max_num_seqs}", "n")
+        needed = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // self.config.block_size)
+        if needed > self.blocks.num_blocks:
+            raise RequestError(
+                f"prompt + max_tokens need {needed} KV blocks but the cache has {self.blocks.num_blocks}",
+                "max_tokens",
+            )
+        seqs = [self._new_sequence(cfg, i) for i in range(cfg.n)]
+        seqs[0].followers = seqs[1:]
+        self._by_request[cfg.request_id] = seqs
+        self.scheduler.add(seqs[0])
+
+    def _new_sequence(self, cfg: AdapterForwardConfig, index: int) -> Sequence:
+        params = cfg.sampling
+        if index and params.seed is not None:  # siblings differ, yet stay reproducible
+            params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
+        sampling = SequenceSampling(params, cfg.prompt_ids, self.adapter.vocab_size)
+        text = OutputText(self.tokenizer.detokenizer(), cfg.stop, cfg.include_stop_str_in_output)
+        return Sequence(cfg, index, sampling, text)
+
+    def abort(self, request_id: str) -> None:
+        """Drops every sequence of the request and frees its KV blocks now."""
+        for seq in self._by_request.pop(request_id, []):
+            self.scheduler.finish(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_blocks_used=self.blocks.num_used,
+            kv_blocks_total=self.blocks.num_blocks,
+            preemptions=self.scheduler.num_preemptions,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def step(self) -> list[TokenEvent]:
+        scheduled = self.scheduler.schedule()
+        if not scheduled:
+            return []
+        batch, rows = self._build_batch(scheduled)
+        logits = self.adapter.forward(batch, self.kv)  # [N, V]
+        return self._postprocess(scheduled, rows, logits)
+
+    def _build_batch(self, scheduled: list[Scheduled]) -> tuple[ForwardBatch, list[list[int]]]:
+        bs = self.config.block_size
+        ids, positions, slots, seqs, logit_rows, rows = [], [], [], [], [], []
+        start = 0
+        for item in scheduled:
+            s = item.seq
+            for src, dst in item.copies:
+                for k_cache, v_cache in zip(self.kv.k, self.kv.v, strict=True):
+                    self.adapter.backend.copy_block(k_cache, v_cache, src, dst)
+            pos = np.arange(s.num_computed, s.num_computed + item.num_tokens, dtype=np.int32)
+            table = np.asarray(s.block_table, dtype=np.int32)
+            ids.append(np.asarray(s.token_ids[s.num_computed : s.num_computed + item.num_tokens], np.int32))
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
+            context = s.num_computed + item.num_tokens
+            seqs.append(AttentionSeq(start, item.num_tokens, context, table[: -(-context // bs)]))
+            wanted = self._wanted_rows(item, start)
+            rows.append(list(range(len(logit_rows), len(logit_rows) + len(wanted))))
+            logit_rows.extend(wanted)
+            start += item.num_tokens
+        batch = ForwardBatch(
+            np.concatenate(ids), np.concatenate(positions), np.concatenate(slots).astype(np.int32),
+            seqs, np.asarray(logit_rows, dtype=np.int64),
+        )
+        return batch, rows
+
+    @staticmethod
+    def _wanted_rows(item: Scheduled, start: int) -> list[int]:
+        """Rows whose logits we need: all prompt rows when prompt logprobs are asked, else the last."""
+        s = item.seq
+        if s.request.prompt_logprobs is not None and not s.prompt_logprobs_sent:
+            return list(range(start, start + item.num_tokens))
+        return [start + item.num_tokens - 1] if item.completes else []
+
+    def _postprocess(self, scheduled, rows, logits) -> list[TokenEvent]:
+        events: list[TokenEvent] = []
+        to_sample: list[tuple[Sequence, int]] = []  # (sequence, logits row)
+        for item, seq_rows in zip(scheduled, rows, strict=True):
+            s = item.seq
+            prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if self._wants_prompt_lp(s) else None
+            s.num_computed += item.num_tokens
+            if prompt_lp is not None:
+                s.prompt_lp = (s.prompt_lp or [None]) + prompt_lp  # token 0 has no logprob
+            if not item.completes:
+                continue
+            if s.followers:  # prefill of an n > 1 request is done: its siblings start from here
+                for f in s.followers:
+                    self.scheduler.fork(s, f)
+                    f.prompt_lp = s.prompt_lp
+                    to_sample.append((f, seq_rows[-1]))
+                s.followers = []
+            to_sample.append((s, seq_rows[-1]))
+        if not to_sample:
+            return events
+        picked = self.sampler.sample(logits[[r for _, r in to_sample]], [s.sampling for s, _ in to_sample])
+        for (s, _), token in zip(to_sample, picked, strict=True):
+            events.append(self._append(s, token.token_id, token.logprobs))
+        return events
+
+    def _wants_prompt_lp(self, s: Sequence) -> bool:
+        return s.request.prompt_logprobs is not None and not s.prompt_logprobs_sent
+
+    def _prompt_logprobs(self, item: Scheduled, rows: np.ndarray) -> list[TokenLogprobs]:
+        """Logprob of each next prompt token given its prefix, for the prompt part of this chunk."""
+        s, n_top = item.seq, item.seq.request.prompt_logprobs
+        out = []
+        for i, row in enumerate(rows):
+            nxt = s.num_computed + i + 1
+            if nxt >= s.prompt_len:
+                break
+            out.append(token_logprobs(row, s.token_ids[nxt], n_top))
+        return out
+
+    def _append(self, s: Sequence, token_id: int, logprobs) -> TokenEvent:
+        s.token_ids.append(token_id)
+        s.sampling.record(token_id)
+        cfg = s.request
+        stop_id = token_id in cfg.stop_token_ids or (not cfg.ignore_eos and token_id in self.tokenizer.eog_ids)
+        text, stop_str = ("", False) if stop_id else s.text.push(token_id)
+        finish = None
+        if stop_id or stop_str:
+            finish = "stop"
+        elif s.num_output >= cfg.max_tokens or s.num_tokens >= self.adapter.config.context_length:
+            finish = "length"
+        if finish is not None and not stop_str:
+            text += s.text.finish()
+        event = TokenEvent(
+            request_id=cfg.request_id, index=s.index, token_ids=[token_id], text=text,
+            logprobs=[logprobs] if cfg.sampling.logprobs is not None else None,
+            finish_reason=finish, prompt_tokens=s.prompt_len, completion_tokens=s.num_output,
+        )
+        if not s.prompt_logprobs_sent and cfg.prompt_logprobs is not None:
+            event.prompt_logprobs = s.prompt_lp
+            s.prompt_logprobs_sent = True
+        if finish is not None:
+            self._finish(s, finish)
+        return event
+
+    def _finish(self, s: Sequence, reason: str) -> None:
+        s.finish_reason = reason
+        self.scheduler.finish(s)
+        group = self._by_request.get(s.request_id, [])
+        if all(x.finish_reason is not None for x in group):
+            self._by_request.pop(s.request_id, None)
+
+
+def token_logprobs(row: np.ndarray, token_id: int, n_top: int) -> TokenLogprobs:
+    """Raw log-probabilities of one position: the given token and the n_top most likely ones."""
+    row = row.astype(np.float64)
+    m = row.max()
+    lse = m + np.log(np.exp(row - m).sum())
+    top = np.argpartition(-row, n_top)[:n_top] if 0 < n_top < row.shape[0] else np.arange(0)
+    top = top[np.argsort(-row[top], kind="stable")]
+    return TokenLogprobs(
+        Logprob(int(token_id), float(row[token_id] - lse)),
+        tuple(Logprob(int(t), float(row[t] - lse)) for t in top),
+    )

@@ -1,0 +1,58 @@
+"""One Llama-family transformer (llama, qwen2, phi3, mistral differ only in ModelConfig data)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.numpy_backend import AttentionSeq
+from .kv_cache import KVCache
+from .model_config import ModelConfig
+from .weights import LayerWeights, ModelWeights
+
+
+@dataclass(frozen=True)
+class ForwardBatch:
+    """Tokens of many sequences packed along one axis (prefill chunks and decode tokens together)."""
+
+    token_ids: np.ndarray  # [T] int32
+    positions: np.ndarray  # [T] int32
+    slots: np.ndarray  # [T] int32: KV slot (block * block_size + offset) of each token
+    seqs: list[AttentionSeq]  # one per sequence, in packing order
+    logit_rows: np.ndarray  # [N] int: rows of T whose next-token logits are wanted
+
+
+class LlamaModel:
+    def __init__(self, config: ModelConfig, weights: ModelWeights, backend):
+        self.config = config
+        self.weights = weights
+        self.backend = backend
+
+    def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
+        """Runs every token of the batch through the model, filling the KV cache; logits [N, V]."""
+        ops, w = self.backend, self.weights
+        x = ops.embed(w.token_embd, batch.token_ids)  # [T, D]
+        for i, layer in enumerate(w.layers):
+            self._attention_block(x, layer, batch, kv.k[i], kv.v[i])
+            self._ffn_block(x, layer)
+        h = ops.rmsnorm(x[batch.logit_rows], w.output_norm, self.config.norm_eps)  # [N, D]
+        return ops.linear(h, w.output)  # [N, V]
+
+    def _attention_block(self, x, layer: LayerWeights, batch: ForwardBatch, k_cache, v_cache) -> None:
+        ops, c = self.backend, self.config
+        t = x.shape[0]
+        h = ops.rmsnorm(x, layer.attn_norm, c.norm_eps)
+        qkv = ops.linear(h, layer.wqkv, layer.bqkv)  # [T, (H + 2 H_kv) * hd]
+        q_end, k_end = c.num_heads * c.head_dim, (c.num_heads + c.num_kv_heads) * c.head_dim
+        q = qkv[:, :q_end].reshape(t, c.num_heads, c.head_dim)
+        k = qkv[:, q_end:k_end].reshape(t, c.num_kv_heads, c.head_dim)
+        v = qkv[:, k_end:].reshape(t, c.num_kv_heads, c.head_dim)
+        ops.rope(q, batch.positions, self.weights.inv_freq, c.rope_style)
+        ops.rope(k, batch.positions, self.weights.inv_freq, c.rope_style)
+        ops.kv_write(k_cache, v_cache, k, v, batch.slots)
+        attn = ops.attention(q, k_cache, v_cache, batch.seqs, c.sliding_window)  # [T, H, hd]
+        ops.add(x, ops.linear(attn.reshape(t, -1), layer.wo))
+
+    def _ffn_block(self, x, layer: LayerWeights) -> None:
+        ops = self.backend
+        h = ops.rmsnorm(x, layer.ffn_norm, self.config.norm_eps)
+        ops.add(x, ops.linear(ops.swiglu(ops.linear(h, layer.w_gate_up)), layer.w_down))

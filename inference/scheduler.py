@@ -1,0 +1,109 @@
+"""Scheduler: which tokens of which sequences run in the next step, under a token and a block budget."""
+
+from collections import deque
+from dataclasses import dataclass
+
+from .block_manager import BlockManager
+from .sequence import Sequence, Status
+
+
+@dataclass
+class Scheduled:
+    seq: Sequence
+    num_tokens: int  # tokens of this sequence in the step (1 for decode, a chunk for prefill)
+    copies: list[tuple[int, int]]  # (src, dst) KV blocks to copy before the step (copy-on-write)
+
+    @property
+    def completes(self) -> bool:
+        """The step reaches the end of the sequence's tokens, so a next token is sampled."""
+        return self.seq.num_computed + self.num_tokens == self.seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.blocks = blocks
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> list[Scheduled]:
+        """Running sequences first (decode, or the next prefill chunk), then admit waiting ones."""
+        budget = self.max_num_batched_tokens
+        out: list[Scheduled] = []
+        for seq in list(self.running):
+            if seq not in self.running or budget == 0:
+                continue  # preempted by an earlier sequence of this loop
+            n = min(seq.num_pending, budget)
+            copies = self._reserve_or_preempt(seq, n)
+            if copies is None:
+                continue
+            out.append(Scheduled(seq, n, copies))
+            budget -= n
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.num_pending, budget)
+            if len(self.running) + self._group_size(seq) > self.max_num_seqs:
+                break
+            if not self.blocks.can_grow(seq.block_table, seq.num_computed + n):
+                break
+            self.waiting.popleft()
+            self.blocks.grow(seq.block_table, seq.num_computed + n)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            out.append(Scheduled(seq, n, []))
+            budget -= n
+        return out
+
+    @staticmethod
+    def _group_size(seq: Sequence) -> int:
+        # a sequence that will still fork its n - 1 siblings needs room for all of them
+        return 1 + len(seq.followers)
+
+    def _reserve_or_preempt(self, seq: Sequence, n: int) -> list[tuple[int, int]] | None:
+        """Blocks for n more tokens (copy-on-write for a shared last block); preempt others if short."""
+        while True:
+            cow = self._needs_cow(seq)
+            need = self.blocks.blocks_needed(seq.block_table, seq.num_computed + n) + int(cow)
+            if need <= self.blocks.num_free:
+                copies = [self.blocks.replace(seq.block_table, len(seq.block_table) - 1)] if cow else []
+                self.blocks.grow(seq.block_table, seq.num_computed + n)
+                return copies
+            victim = self.running[-1]  # the latest admitted goes back to waiting
+            self.preempt(victim)
+            if victim is seq:
+                return None
+
+    def _needs_cow(self, seq: Sequence) -> bool:
+        bs = self.blocks.block_size
+        writes_into_last = seq.num_computed % bs != 0 and len(seq.block_table) * bs > seq.num_computed
+        return writes_into_last and self.blocks.is_shared(seq.block_table[-1])
+
+    def preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq.block_table)
+        seq.reset_for_recompute()
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Child shares the parent's computed KV blocks and runs beside it."""
+        child.block_table = self.blocks.share(parent.block_table)
+        child.num_computed = parent.num_computed
+        child.status = Status.RUNNING
+        self.running.append(child)
+
+    def finish(self, seq: Sequence) -> None:
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq.block_table)
+        seq.status = Status.FINISHED
