@@ -82,7 +82,7 @@ class Engine:
         if index and params.seed is not None:  # siblings differ, yet stay reproducible
             params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
         sampling = SequenceSampling(params, cfg.prompt_ids, self.adapter.vocab_size)
-        text = OutputText(self.tokenizer.detokenizer(), cfg.stop, cfg.include_stop_str_in_output)
+        text = OutputText(self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output)
         return Sequence(cfg, index, sampling, text)
 
     def abort(self, request_id: str) -> None:
@@ -152,10 +152,11 @@ class Engine:
         for item, seq_rows in zip(scheduled, rows, strict=True):
             s = item.seq
             prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if self._wants_prompt_lp(s) else None
+            completes = item.completes  # read before num_computed moves
             s.num_computed += item.num_tokens
             if prompt_lp is not None:
                 s.prompt_lp = (s.prompt_lp or [None]) + prompt_lp  # token 0 has no logprob
-            if not item.completes:
+            if not completes:
                 continue
             if s.followers:  # prefill of an n > 1 request is done: its siblings start from here
                 for f in s.followers:

@@ -22,6 +22,10 @@ class NumpyBackend:
 
     name = "numpy"
 
+    def __init__(self):
+        # cos/sin of the last (positions, inv_freq) pair: every layer rotates q and k at the same positions
+        self._rope_memo: tuple | None = None
+
     def load_weight(self, tensor: TensorInfo) -> np.ndarray:
         # [N, K] float32, C-contiguous: rows are output features, so `W @ x` streams memory in order
         return np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
@@ -35,9 +39,9 @@ class NumpyBackend:
         return table[ids]
 
     def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-        # x [T, D], w [D]; statistics in float64 for a stable reference
-        ms = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)
-        return (x * (1.0 / np.sqrt(ms + eps)).astype(np.float32)) * w
+        # x [T, D], w [D]; the sum of squares is a dot product per row (float32, as llama.cpp and HF)
+        ms = np.einsum("td,td->t", x, x)[:, None] / np.float32(x.shape[1])
+        return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
 
     def linear(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
         # x [T, K], w [N, K] -> [T, N]; T == 1 takes BLAS gemv, which streams W once at full bandwidth
@@ -49,9 +53,7 @@ class NumpyBackend:
     def rope(self, x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, style: str) -> None:
         # x [T, H, hd] rotated in place over its first rope_dim = 2 * len(inv_freq) dims
         half = inv_freq.shape[0]
-        angles = positions.astype(np.float64)[:, None] * inv_freq.astype(np.float64)[None, :]  # [T, half]
-        cos = np.cos(angles).astype(np.float32)[:, None, :]
-        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        cos, sin = self._rope_cos_sin(positions, inv_freq)  # [T, 1, half] each
         if style == "neox":  # pairs (i, i + half)
             a, b = x[..., :half].copy(), x[..., half : 2 * half].copy()
             x[..., :half] = a * cos - b * sin
@@ -62,6 +64,16 @@ class NumpyBackend:
             x[..., 1 : 2 * half : 2] = a * sin + b * cos
         else:
             raise ValueError(f"rope style {style!r} is not one of 'normal', 'neox'")
+
+    def _rope_cos_sin(self, positions: np.ndarray, inv_freq: np.ndarray):
+        memo = self._rope_memo
+        if memo is not None and memo[0] is positions and memo[1] is inv_freq:
+            return memo[2], memo[3]
+        angles = positions.astype(np.float64)[:, None] * inv_freq.astype(np.float64)[None, :]  # [T, half]
+        cos = np.cos(angles).astype(np.float32)[:, None, :]
+        sin = np.sin(angles).astype(np.float32)[:, None, :]
+        self._rope_memo = (positions, inv_freq, cos, sin)
+        return cos, sin
 
     def kv_write(self, k_cache, v_cache, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
         # caches [num_blocks, block_size, n_kv, hd]; k, v [T, n_kv, hd]; slots [T] = block * block_size + offset

@@ -1,0 +1,160 @@
+"""Continuous batching on the real SmolLM2-135M: batched, chunked and preempted runs equal solo runs."""
+
+import numpy as np
+import pytest
+
+from inference.engine import Engine, EngineConfig, token_logprobs
+from inference.errors import RequestError
+from inference.forward_config import AdapterForwardConfig, SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away, there lived a",
+    "1, 2, 3, 4,",
+    "Les montagnes sont",
+]
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def cfg(smol, i, text, max_tokens=12, **kw):
+    ids = tuple(smol.tokenizer.encode(text))
+    kw.setdefault("sampling", GREEDY)
+    return AdapterForwardConfig(request_id=f"r{i}", prompt_ids=ids, max_tokens=max_tokens, ignore_eos=True, **kw)
+
+
+def run(engine: Engine, configs) -> dict[tuple[str, int], list]:
+    for c in configs:
+        engine.add_request(c)
+    out: dict[tuple[str, int], list] = {}
+    finish = {}
+    steps = 0
+    while engine.has_unfinished():
+        for ev in engine.step():
+            out.setdefault((ev.request_id, ev.index), []).extend(ev.token_ids)
+            if ev.finish_reason:
+                finish[(ev.request_id, ev.index)] = ev.finish_reason
+        steps += 1
+        assert steps < 10_000
+    assert set(finish) == set(out)
+    return out
+
+
+def test_batched_chunked_greedy_equals_solo(smol):
+    solo = {f"r{i}": smol.greedy(list(smol.tokenizer.encode(p)), 12) for i, p in enumerate(PROMPTS)}
+    engine = Engine(smol, EngineConfig(max_num_seqs=8, max_num_batched_tokens=7, kv_cache_tokens=1024))
+    got = run(engine, [cfg(smol, i, p) for i, p in enumerate(PROMPTS)])
+    assert {k[0]: v for k, v in got.items()} == solo
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_preemption_by_recompute_keeps_outputs(smol):
+    solo = {f"r{i}": smol.greedy(list(smol.tokenizer.encode(p)), 24) for i, p in enumerate(PROMPTS)}
+    # 10 blocks of 4 slots cannot hold five sequences of ~30 tokens at once
+    engine = Engine(smol, EngineConfig(max_num_seqs=5, max_num_batched_tokens=64, block_size=4, kv_cache_tokens=40))
+    got = run(engine, [cfg(smol, i, p, max_tokens=24) for i, p in enumerate(PROMPTS)])
+    assert {k[0]: v for k, v in got.items()} == solo
+    assert engine.stats().preemptions > 0
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_n_choices_share_the_prompt_blocks(smol):
+    engine = Engine(smol, EngineConfig(max_num_seqs=4, kv_cache_tokens=512))
+    c = cfg(smol, 0, PROMPTS[2], max_tokens=6, n=3)
+    engine.add_request(c)
+    engine.step()  # prefill (one chunk) + first token of every choice
+    prompt_blocks = -(-len(c.prompt_ids) // engine.config.block_size)
+    assert engine.stats().running == 3
+    assert engine.stats().kv_blocks_used < 3 * prompt_blocks  # full prompt blocks are shared
+    got = run(engine, [])
+    assert len({tuple(v) for v in got.values()}) == 1  # greedy: three equal choices
+    assert engine.stats().kv_blocks_used == 0
+
+
+def test_seeded_choices_differ_but_repeat(smol):
+    sampling = SamplingParams(temperature=1.0, seed=1234)
+    a = run(Engine(smol), [cfg(smol, 0, PROMPTS[0], max_tokens=10, n=3, sampling=sampling)])
+    b = run(Engine(smol), [cfg(smol, 0, PROMPTS[0], max_tokens=10, n=3, sampling=sampling)])
+    assert a == b
+    assert len({tuple(v) for v in a.values()}) > 1
+
+
+def test_seed_gives_same_tokens_alone_and_in_a_batch(smol):
+    seeded = cfg(smol, 0, PROMPTS[0], max_tokens=16, sampling=SamplingParams(temperature=0.9, seed=7))
+    alone = run(Engine(smol), [seeded])
+    others = [cfg(smol, i, p, max_tokens=16, sampling=SamplingParams(temperature=1.0)) for i, p in enumerate(PROMPTS)][1:]
+    together = run(Engine(smol, EngineConfig(max_num_batched_tokens=16)), [*others, seeded])
+    assert together[("r0", 0)] == alone[("r0", 0)]
+
+
+def test_abort_frees_blocks_within_one_step(smol):
+    engine = Engine(smol, EngineConfig(kv_cache_tokens=512))
+    engine.add_request(cfg(smol, 0, PROMPTS[2], max_tokens=50))
+    engine.add_request(cfg(smol, 1, PROMPTS[0], max_tokens=50))
+    engine.step()
+    assert engine.stats().kv_blocks_used > 0
+    engine.abort("r0")
+    engine.abort("r1")
+    assert engine.stats().kv_blocks_used == 0 and not engine.has_unfinished()
+    assert engine.step() == []
+
+
+def test_finish_reasons_and_usage(smol):
+    engine = Engine(smol)
+    c = AdapterForwardConfig(request_id="len", prompt_ids=tuple(smol.tokenizer.encode("Hi")), max_tokens=1)
+    engine.add_request(c)
+    events = engine.step()
+    assert [e.finish_reason for e in events] == ["length"]
+    assert events[0].completion_tokens == 1 and events[0].prompt_tokens == len(c.prompt_ids)
+    # greedy text of a prompt, then the same request with a stop string taken from that text
+    text = "".join(e.text for e in smol.generate(cfg(smol, 1, PROMPTS[0], max_tokens=12)))
+    stop = text.strip().split()[1]
+    cut = list(smol.generate(cfg(smol, 2, PROMPTS[0], max_tokens=12, stop=(stop,))))
+    assert cut[-1].finish_reason == "stop"
+    assert "".join(e.text for e in cut) == text[: text.index(stop)]
+
+
+def test_end_of_generation_token_stops(smol):
+    ids = smol.tokenizer.encode(
+        smol.chat_template.render([{"role": "user", "content": "Say hi."}]), allow_special=True
+    )
+    c = AdapterForwardConfig(request_id="eog", prompt_ids=tuple(ids), max_tokens=200, sampling=GREEDY)
+    events = list(smol.generate(c))
+    assert events[-1].finish_reason == "stop"
+    assert events[-1].token_ids[-1] in smol.tokenizer.eog_ids
+    assert "<|im_end|>" not in "".join(e.text for e in events)
+
+
+def test_prompt_logprobs_match_prefix_logits(smol):
+    ids = smol.tokenizer.encode(PROMPTS[2])
+    c = AdapterForwardConfig(request_id="echo", prompt_ids=tuple(ids), max_tokens=1, prompt_logprobs=2,
+                             sampling=SamplingParams(temperature=0.0, logprobs=2))
+    engine = Engine(smol, EngineConfig(max_num_batched_tokens=5))  # prompt spans several chunks
+    engine.add_request(c)
+    events = [e for _ in range(20) for e in engine.step()]
+    prompt_lp = events[0].prompt_logprobs
+    assert len(prompt_lp) == len(ids) and prompt_lp[0] is None
+    for pos in (1, 4, len(ids) - 1):
+        want = token_logprobs(smol.prefill(ids[:pos]), ids[pos], 2)
+        assert prompt_lp[pos].chosen.token_id == ids[pos]
+        assert prompt_lp[pos].chosen.logprob == pytest.approx(want.chosen.logprob, abs=1e-4)
+        assert [t.token_id for t in prompt_lp[pos].top] == [t.token_id for t in want.top]
+    lp = events[0].logprobs[0]
+    assert lp.chosen.token_id == int(np.argmax(smol.prefill(ids)))
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"prompt_ids": ()}, "prompt"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 17}, "n"),
+    ],
+)
+def test_invalid_requests_are_rejected_before_running(smol, change, param):
+    base = dict(request_id="bad", prompt_ids=(1, 2, 3), max_tokens=4)
+    engine = Engine(smol)
+    with pytest.raises(RequestError) as err:
+        engine.add_request(AdapterForwardConfig(**{**base, **change}))
+    assert err.value.param == param
+    assert not engine.has_unfinished()
