@@ -19,13 +19,22 @@ def _generate(args: argparse.Namespace) -> int:
 
     adapter = InferenceAdapter.load(args.model, backend=args.backend)
     if args.chat:
-        text = adapter.chat_template.render([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
+        text = adapter.chat_template.render(
+            [{"role": "user", "content": args.prompt}], add_generation_prompt=True
+        )
         ids = adapter.tokenizer.encode(text, allow_special=True)
     else:
         ids = adapter.tokenizer.encode(args.prompt)
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
-    cfg = AdapterForwardConfig(request_id="cli", prompt_ids=tuple(ids), sampling=sampling,
-                               max_tokens=args.max_tokens, stop=tuple(args.stop))
+    sampling = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed
+    )
+    cfg = AdapterForwardConfig(
+        request_id="cli",
+        prompt_ids=tuple(ids),
+        sampling=sampling,
+        max_tokens=args.max_tokens,
+        stop=tuple(args.stop),
+    )
     finish = None
     for event in adapter.generate(cfg):
         print(event.text, end="", flush=True)
@@ -35,11 +44,19 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gguf-serve", description="OpenAI-compatible server for GGUF models")
+    parser = argparse.ArgumentParser(
+        prog="gguf-serve", description="OpenAI-compatible server for GGUF models"
+    )
     sub = parser.add_subparsers(dest="command")
     fetch = sub.add_parser("fetch-model", help="download a registry model into the cache; print its path")
     fetch.add_argument("name", nargs="?", default=DEFAULT_MODEL, help=f"one of {', '.join(MODELS)}")
     fetch.set_defaults(func=_fetch)
+    from app.serve import add_serve_arguments
+    from app.serve import main as serve_main
+
+    serve = sub.add_parser("serve", help="serve the model over HTTP (OpenAI API)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=serve_main)
     gen = sub.add_parser("generate", help="generate text for one prompt, printing tokens as they come")
     gen.add_argument("--model", default=DEFAULT_MODEL, help="registry name or path to a .gguf file")
     gen.add_argument("--prompt", required=True)

@@ -34,7 +34,9 @@ class InferenceAdapter:
         self.config = config
         self.tokenizer = tokenizer
         self.chat_template = ChatTemplate.from_metadata(
-            gguf.metadata, bos_token=_text(tokenizer, tokenizer.bos_id), eos_token=_text(tokenizer, tokenizer.eos_id)
+            gguf.metadata,
+            bos_token=_text(tokenizer, tokenizer.bos_id),
+            eos_token=_text(tokenizer, tokenizer.eos_id),
         )
         self.backend = backend
         self.weights = load_weights(gguf, config, backend)
@@ -69,7 +71,7 @@ class InferenceAdapter:
         return MemoryUsage(self.weights.nbytes, KVCache.bytes_per_token(self.config))
 
     def new_kv_cache(self, num_blocks: int, block_size: int) -> KVCache:
-        return KVCache(self.config, num_blocks, block_size)
+        return KVCache(self.config, num_blocks, block_size, backend=self.backend)
 
     def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
         return self.model.forward(batch, kv)
@@ -108,7 +110,9 @@ class InferenceAdapter:
         from .engine import Engine, EngineConfig
 
         tokens = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // _SESSION_BLOCK) * _SESSION_BLOCK * cfg.n
-        engine = Engine(self, EngineConfig(max_num_seqs=max(cfg.n, 1), kv_cache_tokens=max(tokens, _SESSION_BLOCK)))
+        engine = Engine(
+            self, EngineConfig(max_num_seqs=max(cfg.n, 1), kv_cache_tokens=max(tokens, _SESSION_BLOCK))
+        )
         engine.add_request(cfg)
         while engine.has_unfinished():
             yield from engine.step()
@@ -117,11 +121,16 @@ class InferenceAdapter:
         kv, start = self._session
         end = start + len(ids)
         if end > self.config.context_length:
-            raise ValueError(f"sequence of {end} tokens exceeds the context length {self.config.context_length}")
+            raise ValueError(
+                f"sequence of {end} tokens exceeds the context length {self.config.context_length}"
+            )
         pos = np.arange(start, end, dtype=np.int32)
         table = np.arange(-(-end // _SESSION_BLOCK), dtype=np.int32)
         batch = ForwardBatch(
-            np.asarray(ids, np.int32), pos, pos.copy(), [AttentionSeq(0, len(ids), end, table)],
+            np.asarray(ids, np.int32),
+            pos,
+            pos.copy(),
+            [AttentionSeq(0, len(ids), end, table)],
             np.asarray([len(ids) - 1]),
         )
         self._session = (kv, end)

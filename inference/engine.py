@@ -65,7 +65,9 @@ class Engine:
         if cfg.request_id in self._by_request:
             raise RequestError(f"request id {cfg.request_id!r} is already running", param="request_id")
         if cfg.n > self.config.max_num_seqs:
-            raise RequestError(f"n = {cfg.n} exceeds this server's max_num_seqs = {self.config.max_num_seqs}", "n")
+            raise RequestError(
+                f"n = {cfg.n} exceeds this server's max_num_seqs = {self.config.max_num_seqs}", "n"
+            )
         needed = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // self.config.block_size)
         if needed > self.blocks.num_blocks:
             raise RequestError(
@@ -82,7 +84,9 @@ class Engine:
         if index and params.seed is not None:  # siblings differ, yet stay reproducible
             params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
         sampling = SequenceSampling(params, cfg.prompt_ids, self.adapter.vocab_size)
-        text = OutputText(self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output)
+        text = OutputText(
+            self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output
+        )
         return Sequence(cfg, index, sampling, text)
 
     def abort(self, request_id: str) -> None:
@@ -133,8 +137,11 @@ class Engine:
             logit_rows.extend(wanted)
             start += item.num_tokens
         batch = ForwardBatch(
-            np.concatenate(ids), np.concatenate(positions), np.concatenate(slots).astype(np.int32),
-            seqs, np.asarray(logit_rows, dtype=np.int64),
+            np.concatenate(ids),
+            np.concatenate(positions),
+            np.concatenate(slots).astype(np.int32),
+            seqs,
+            np.asarray(logit_rows, dtype=np.int64),
         )
         return batch, rows
 
@@ -190,7 +197,9 @@ class Engine:
         s.token_ids.append(token_id)
         s.sampling.record(token_id)
         cfg = s.request
-        stop_id = token_id in cfg.stop_token_ids or (not cfg.ignore_eos and token_id in self.tokenizer.eog_ids)
+        stop_id = token_id in cfg.stop_token_ids or (
+            not cfg.ignore_eos and token_id in self.tokenizer.eog_ids
+        )
         text, stop_str = ("", False) if stop_id else s.text.push(token_id)
         finish = None
         if stop_id or stop_str:
@@ -200,9 +209,14 @@ class Engine:
         if finish is not None and not stop_str:
             text += s.text.finish()
         event = TokenEvent(
-            request_id=cfg.request_id, index=s.index, token_ids=[token_id], text=text,
+            request_id=cfg.request_id,
+            index=s.index,
+            token_ids=[token_id],
+            text=text,
             logprobs=[logprobs] if cfg.sampling.logprobs is not None else None,
-            finish_reason=finish, prompt_tokens=s.prompt_len, completion_tokens=s.num_output,
+            finish_reason=finish,
+            prompt_tokens=s.prompt_len,
+            completion_tokens=s.num_output,
         )
         if not s.prompt_logprobs_sent and cfg.prompt_logprobs is not None:
             event.prompt_logprobs = s.prompt_lp

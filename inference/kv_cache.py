@@ -5,16 +5,25 @@ import numpy as np
 from .model_config import ModelConfig
 
 
-class KVCache:
-    """k[layer], v[layer]: [num_blocks, block_size, n_kv_heads, head_dim] float32."""
+def _host_zeros(shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+    # np.zeros maps zero pages lazily: untouched blocks cost no resident memory
+    return [np.zeros(shape, np.float32) for _ in range(count)]
 
-    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int):
+
+class KVCache:
+    """k[layer], v[layer]: [num_blocks, block_size, n_kv_heads, head_dim] float32, in the memory of the
+    backend that computes on them (host arrays unless the backend has `alloc_kv`, e.g. the CUDA one)."""
+
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, backend=None):
         if num_blocks < 1 or block_size < 1:
-            raise ValueError(f"KV cache needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}")
+            raise ValueError(
+                f"KV cache needs num_blocks >= 1 and block_size >= 1, got {num_blocks}, {block_size}"
+            )
         shape = (num_blocks, block_size, config.num_kv_heads, config.head_dim)
-        # np.zeros maps zero pages lazily: untouched blocks cost no resident memory
-        self.k = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
-        self.v = [np.zeros(shape, np.float32) for _ in range(config.num_layers)]
+        alloc = getattr(backend, "alloc_kv", _host_zeros)
+        caches = alloc(shape, 2 * config.num_layers)  # all at once: a device backend checks the total fits
+        self.k = caches[: config.num_layers]
+        self.v = caches[config.num_layers :]
         self.num_blocks = num_blocks
         self.block_size = block_size
 

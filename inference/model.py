@@ -35,7 +35,8 @@ class LlamaModel:
             self._attention_block(x, layer, batch, kv.k[i], kv.v[i])
             self._ffn_block(x, layer)
         h = ops.rmsnorm(x[batch.logit_rows], w.output_norm, self.config.norm_eps)  # [N, D]
-        return ops.linear(h, w.output)  # [N, V]
+        logits = ops.linear(h, w.output)  # [N, V]
+        return logits if isinstance(logits, np.ndarray) else logits.get()  # the sampler runs on the host
 
     def _attention_block(self, x, layer: LayerWeights, batch: ForwardBatch, k_cache, v_cache) -> None:
         ops, c = self.backend, self.config

@@ -1,0 +1,146 @@
+"""Prometheus metrics in the text exposition format (0.0.4), written here: no client library needed."""
+
+import bisect
+import math
+from collections import defaultdict
+
+PREFIX = "gguf_serve_"
+CONTENT_TYPE = "text/plain; version=0.0.4"  # Litestar appends "; charset=utf-8"
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
+
+
+class Histogram:
+    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...]):
+        self.name, self.help, self.buckets = PREFIX + name, help_text, buckets
+        self.counts = [0] * (len(buckets) + 1)  # [bucket]; the last is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        total = 0
+        for bound, n in zip((*self.buckets, math.inf), self.counts, strict=True):
+            total += n
+            le = "+Inf" if bound == math.inf else repr(float(bound))
+            lines.append(f'{self.name}_bucket{{le="{le}"}} {total}')
+        lines += [f"{self.name}_sum {self.sum!r}", f"{self.name}_count {self.count}"]
+        return lines
+
+
+class Metrics:
+    """Counters and histograms the API process observes, gauges the worker reports after each step."""
+
+    def __init__(self, model_name: str):
+        self.model_name = model_name
+        self.ttft = Histogram(
+            "time_to_first_token_seconds", "Time from admission to the first token.", LATENCY_BUCKETS
+        )
+        self.itl = Histogram(
+            "inter_token_latency_seconds", "Time between consecutive tokens of one choice.", ITL_BUCKETS
+        )
+        self.e2e = Histogram(
+            "e2e_request_latency_seconds", "Time from admission to the last token.", LATENCY_BUCKETS
+        )
+        self.queue = Histogram(
+            "request_queue_time_seconds", "Time a request waited before its first schedule.", LATENCY_BUCKETS
+        )
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.finished: defaultdict[str, int] = defaultdict(int)  # finish reason -> requests
+        self.rejected: defaultdict[str, int] = defaultdict(int)  # reason -> requests refused at admission
+        self.worker_restarts = 0
+        # gauges, from the worker's latest report
+        self.worker_up = 0
+        self.running = 0
+        self.waiting = 0
+        self.kv_blocks_used = 0
+        self.kv_blocks_total = 0
+        self.preemptions = 0
+        self.in_flight = 0  # requests admitted by the API process and not finished
+
+    def set_engine_stats(self, stats) -> None:
+        self.running, self.waiting = stats.running, stats.waiting
+        self.kv_blocks_used, self.kv_blocks_total = stats.kv_blocks_used, stats.kv_blocks_total
+        self.preemptions = stats.preemptions
+
+    def render(self) -> str:
+        usage = self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+        out: list[str] = []
+        _gauge(out, "worker_up", "1 when the engine worker is loaded and serving.", self.worker_up)
+        _counter(
+            out,
+            "worker_restarts_total",
+            "Times the supervisor restarted a dead worker.",
+            self.worker_restarts,
+        )
+        _gauge(
+            out,
+            "requests_running",
+            "Sequences the engine is decoding (a request with n choices counts n).",
+            self.running,
+        )
+        _gauge(
+            out,
+            "requests_waiting",
+            "Sequences admitted and waiting for the engine to schedule them.",
+            self.waiting,
+        )
+        _gauge(out, "requests_in_flight", "HTTP requests admitted and not yet finished.", self.in_flight)
+        _gauge(out, "kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", usage)
+        _gauge(out, "kv_cache_blocks_used", "KV-cache blocks in use.", self.kv_blocks_used)
+        _gauge(out, "kv_cache_blocks_total", "KV-cache blocks in all.", self.kv_blocks_total)
+        _counter(
+            out,
+            "preemptions_total",
+            "Sequences preempted (KV blocks freed, recomputed later).",
+            self.preemptions,
+        )
+        _counter(out, "prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens)
+        _counter(out, "generation_tokens_total", "Tokens generated.", self.generation_tokens)
+        _labelled(
+            out,
+            "request_finished_total",
+            "Finished choices by finish reason.",
+            "finish_reason",
+            self.finished,
+        )
+        _labelled(
+            out,
+            "request_rejected_total",
+            "Requests refused at admission, by reason.",
+            "reason",
+            self.rejected,
+        )
+        for h in (self.ttft, self.itl, self.e2e, self.queue):
+            out += h.render()
+        return "\n".join(out) + "\n"
+
+
+def _gauge(out: list[str], name: str, help_text: str, value: float) -> None:
+    out += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} gauge", f"{PREFIX}{name} {value}"]
+
+
+def _counter(out: list[str], name: str, help_text: str, value: float) -> None:
+    out += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} counter", f"{PREFIX}{name} {value}"]
+
+
+def _labelled(out: list[str], name: str, help_text: str, label: str, values: dict[str, int]) -> None:
+    out += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} counter"]
+    out += [f'{PREFIX}{name}{{{label}="{key}"}} {n}' for key, n in sorted(values.items())]
+
+
+def parse(text: str) -> dict[str, float]:
+    """Sample name (with labels) -> value; for tests and the benchmark."""
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples

@@ -1,0 +1,330 @@
+"""The OpenAI API (and vLLM's tokenize extras) as msgspec Structs; decoding checks types and ranges."""
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+# Limits we choose (documented in the README's API section):
+MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs`: OpenAI's limit (vLLM allows 20)
+MAX_TOP_LOGPROBS = 20  # chat `top_logprobs`: OpenAI's limit
+MAX_STOP_SEQUENCES = 16  # OpenAI allows 4; vLLM has no limit
+MAX_N = 128
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+MaxTokens = Annotated[int, Meta(ge=1)]
+N = Annotated[int, Meta(ge=1, le=MAX_N)]
+TopK = Annotated[int, Meta(ge=-1)]  # -1 or 0: disabled (vLLM uses -1)
+MinP = Annotated[float, Meta(ge=0.0, le=1.0)]
+RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
+Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)]
+TokenId = Annotated[int, Meta(ge=0)]
+
+
+class _Strict(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Requests reject unknown fields: a misspelt parameter is an error, never silently ignored."""
+
+
+class StreamOptions(_Strict, kw_only=True):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict, kw_only=True):
+    """Parameters both endpoints share (OpenAI's, then vLLM's extras)."""
+
+    model: str
+    n: N = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop | None = None
+    temperature: Temperature | None = None  # None = 1.0
+    top_p: TopP | None = None  # None = 1.0
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    seed: int | None = None
+    user: str | None = None  # an end-user id: accepted, only logged
+    # vLLM extras
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    ignore_eos: bool = False
+    stop_token_ids: list[TokenId] | None = None
+
+
+class CompletionRequest(_Sampling, kw_only=True):
+    """POST /v1/completions."""
+
+    # A string, strings, token ids, or lists of token ids; element types are checked in translate.
+    prompt: str | list[str | int | list[int]]
+    max_tokens: MaxTokens | None = 16  # None = up to the context length
+    logprobs: Annotated[int, Meta(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
+    echo: bool = False
+    # Known but not supported: a request that sets them gets 400 naming them.
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+# -- chat messages ---------------------------------------------------------------------------------
+
+
+class TextPart(_Strict, kw_only=True, tag="text", tag_field="type"):
+    text: str
+
+
+class ImageURLPart(_Strict, kw_only=True, tag="image_url", tag_field="type"):
+    image_url: Any = None  # rejected by translate: this server is text only
+
+
+ContentPart = TextPart | ImageURLPart
+Content = str | list[ContentPart]
+
+
+class FunctionCall(_Strict, kw_only=True):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Strict, kw_only=True):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Strict, kw_only=True, tag="system", tag_field="role"):
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(_Strict, kw_only=True, tag="developer", tag_field="role"):
+    """OpenAI's newer name for system instructions; rendered with role "system"."""
+
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(_Strict, kw_only=True, tag="user", tag_field="role"):
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(_Strict, kw_only=True, tag="assistant", tag_field="role"):
+    content: Content | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # earlier calls in the conversation; rendered by the template
+    refusal: str | None = None
+
+
+class ToolMessage(_Strict, kw_only=True, tag="tool", tag_field="role"):
+    content: Content
+    tool_call_id: str
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+
+
+class ResponseFormatText(_Strict, kw_only=True, tag="text", tag_field="type"):
+    pass
+
+
+class ResponseFormatJSONObject(_Strict, kw_only=True, tag="json_object", tag_field="type"):
+    pass
+
+
+class ResponseFormatJSONSchema(_Strict, kw_only=True, tag="json_schema", tag_field="type"):
+    json_schema: Any = None
+
+
+ResponseFormat = ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema
+
+
+class ChatCompletionRequest(_Sampling, kw_only=True):
+    """POST /v1/chat/completions."""
+
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    max_tokens: MaxTokens | None = None  # deprecated by OpenAI in favour of max_completion_tokens
+    max_completion_tokens: MaxTokens | None = None  # None (both) = up to the context length
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    response_format: ResponseFormat | None = None
+    # Known but not supported (until tool calling is): set, they get 400 naming them.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: list[str] | None = None
+    prediction: Any = None
+
+
+# -- responses -------------------------------------------------------------------------------------
+
+
+class Usage(Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(Struct, kw_only=True):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class CompletionChoice(Struct, kw_only=True):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(Struct, kw_only=True):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class CompletionChunk(Struct, kw_only=True):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[CompletionChoice]
+    usage: Usage | UnsetType = UNSET  # only in the last chunk, when stream_options.include_usage
+
+
+class TopLogprob(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(Struct, kw_only=True):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Struct, kw_only=True):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class ChatMessageOut(Struct, kw_only=True):
+    role: str = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatChoice(Struct, kw_only=True):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(Struct, kw_only=True):
+    role: str | UnsetType = UNSET  # only in the first chunk of each choice
+    content: str | UnsetType = UNSET
+
+
+class ChatChunkChoice(Struct, kw_only=True):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | UnsetType = UNSET
+
+
+# -- models, tokenize, errors ----------------------------------------------------------------------
+
+
+class ModelCard(Struct, kw_only=True):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "gguf-serve"
+    max_model_len: int  # vLLM's extra: the context length
+
+
+class ModelList(Struct, kw_only=True):
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class TokenizeRequest(_Strict, kw_only=True):
+    """POST /tokenize (vLLM): either `prompt` or chat `messages` rendered by the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool | None = None  # None: True for a prompt, False for messages (vLLM)
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeResponse(Struct, kw_only=True):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(_Strict, kw_only=True):
+    """POST /detokenize (vLLM)."""
+
+    tokens: list[TokenId]
+    model: str | None = None
+
+
+class DetokenizeResponse(Struct, kw_only=True):
+    prompt: str
+
+
+class ErrorDetail(Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(Struct, kw_only=True):
+    error: ErrorDetail
+
+
+class Health(Struct, kw_only=True):
+    status: Literal["ok", "loading", "worker_down", "shutting_down"]
+
+
+def json_bytes(obj: Any) -> bytes:
+    return msgspec.json.encode(obj)

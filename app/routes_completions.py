@@ -1,0 +1,153 @@
+"""POST /v1/completions: one choice per (prompt, n); streamed as SSE or returned whole."""
+
+import time
+from collections.abc import AsyncIterator
+
+from litestar import Request, Response, post
+
+from inference.events import TokenEvent
+
+from . import sse
+from .engine_client import Generation, GenerationFailed
+from .errors import APIError
+from .protocol import CompletionChoice, CompletionChunk, CompletionRequest, CompletionResponse, Usage
+from .routes_common import (
+    CompletionLogprobsBuilder,
+    Service,
+    StrictJSON,
+    collect,
+    error_status,
+    new_id,
+    require_json,
+    service_of,
+    sse_response,
+)
+from .translate import CompletionPlan, completion_plan
+
+
+class _Choice:
+    """One choice as events arrive: text, token count, logprobs, finish reason."""
+
+    def __init__(self, plan: CompletionPlan, prompt: int, tokenizer):
+        self.config = plan.configs[prompt]
+        self.echo = plan.echo[prompt] if plan.echo is not None else ""
+        self.text: list[str] = []
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+        self.started = False
+        self.logprobs = CompletionLogprobsBuilder(tokenizer) if plan.logprobs is not None else None
+
+    def add(self, event: TokenEvent) -> tuple[str, bool]:
+        """Appends an event; returns (its text, with the echoed prompt first; whether it is the first)."""
+        first, self.started = not self.started, True
+        prefix = self.echo if first else ""
+        if self.logprobs is not None:
+            if first and event.prompt_logprobs is not None:
+                self.logprobs.add_prompt(self.config.prompt_ids, event.prompt_logprobs)
+            elif first and self.echo:
+                self.logprobs.offset += len(self.echo)
+            self.logprobs.add(event.token_ids, event.logprobs)
+        self.text.append(prefix + event.text)
+        self.completion_tokens = max(self.completion_tokens, event.completion_tokens)
+        self.finish_reason = event.finish_reason or self.finish_reason
+        return prefix + event.text, first
+
+
+class _Choices:
+    def __init__(self, plan: CompletionPlan, tokenizer):
+        self.plan = plan
+        self.prompt_of = {cfg.request_id: i for i, cfg in enumerate(plan.configs)}
+        self.by_index = {
+            i * plan.n + j: _Choice(plan, i, tokenizer)
+            for i in range(len(plan.configs))
+            for j in range(plan.n)
+        }
+
+    def index(self, event: TokenEvent) -> int:
+        return self.prompt_of[event.request_id] * self.plan.n + event.index
+
+    def usage(self) -> Usage:
+        prompt = sum(len(cfg.prompt_ids) for cfg in self.plan.configs)
+        completion = sum(c.completion_tokens for c in self.by_index.values())
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+@post(
+    "/v1/completions",
+    dto=StrictJSON[CompletionRequest],
+    return_dto=None,
+    status_code=200,
+    before_request=require_json,
+    summary="Create a completion",
+    tags=["OpenAI"],
+)
+async def create_completion(data: CompletionRequest, request: Request) -> Response[CompletionResponse]:
+    svc = service_of(request)
+    plan = completion_plan(data, svc.model, new_id("cmpl"))
+    gen = svc.engine.submit(plan.configs)
+    created = int(time.time())
+    if plan.stream:
+        return sse_response(_stream(svc, plan, gen, created), gen)
+    choices = _Choices(plan, svc.model.tokenizer)
+    for event in await collect(gen, request):
+        choices.by_index[choices.index(event)].add(event)
+    out = [
+        CompletionChoice(
+            index=i,
+            text="".join(c.text),
+            finish_reason=c.finish_reason,
+            logprobs=c.logprobs.out if c.logprobs is not None else None,
+        )
+        for i, c in sorted(choices.by_index.items())
+    ]
+    body = CompletionResponse(
+        id=plan.request_id,
+        created=created,
+        model=svc.model.name,
+        system_fingerprint=svc.fingerprint,
+        choices=out,
+        usage=choices.usage(),
+    )
+    return Response(body, status_code=200)
+
+
+async def _stream(svc: Service, plan: CompletionPlan, gen: Generation, created: int) -> AsyncIterator[bytes]:
+    choices = _Choices(plan, svc.model.tokenizer)
+
+    def chunk(index: int, text: str, finish: str | None = None, logprobs=None) -> bytes:
+        return sse.frame(
+            CompletionChunk(
+                id=plan.request_id,
+                created=created,
+                model=svc.model.name,
+                system_fingerprint=svc.fingerprint,
+                choices=[CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)],
+            )
+        )
+
+    try:
+        async for event in gen.events():
+            index = choices.index(event)
+            choice = choices.by_index[index]
+            text, _ = choice.add(event)
+            logprobs = choice.logprobs.take() if choice.logprobs is not None else None
+            if text or (logprobs is not None and logprobs.tokens):
+                yield chunk(index, text, logprobs=logprobs)
+            if event.finish_reason is not None:
+                yield chunk(index, "", event.finish_reason)
+        if plan.include_usage:
+            yield sse.frame(
+                CompletionChunk(
+                    id=plan.request_id,
+                    created=created,
+                    model=svc.model.name,
+                    system_fingerprint=svc.fingerprint,
+                    choices=[],
+                    usage=choices.usage(),
+                )
+            )
+    except (GenerationFailed, APIError) as exc:
+        yield sse.error_frame(error_status(exc).body())
+    finally:
+        gen.close()
+    yield sse.DONE

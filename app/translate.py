@@ -1,0 +1,364 @@
+"""API request -> AdapterForwardConfig: semantic checks, chat template, tokenization. Typed, explicit."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from inference.errors import ContextLengthError, RequestError
+from inference.forward_config import AdapterForwardConfig, SamplingParams
+
+from .errors import APIError
+from .protocol import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    CompletionRequest,
+    DeveloperMessage,
+    ImageURLPart,
+    Message,
+    ResponseFormatText,
+    TextPart,
+    ToolMessage,
+)
+
+LOGIT_BIAS_LIMIT = 100.0
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model as the API process sees it: metadata only (tokenizer, template), never the weights."""
+
+    name: str  # what clients pass as `model`
+    aliases: frozenset[str]  # other accepted names (the --model value)
+    tokenizer: Any  # inference.tokenizer.Tokenizer
+    template: Any  # inference.chat_template.ChatTemplate
+    context_length: int
+    vocab_size: int
+    created: int  # unix time the server started, for /v1/models
+    max_num_seqs: int  # n (times prompts) may not exceed what the engine decodes together
+    kv_cache_tokens: int  # prompt + max_tokens of one sequence must fit in the KV cache
+
+    def check_name(self, requested: str | None) -> None:
+        if requested is not None and requested != self.name and requested not in self.aliases:
+            raise APIError(
+                404,
+                f"The model `{requested}` does not exist. This server serves `{self.name}`.",
+                param="model",
+                code="model_not_found",
+            )
+
+
+@dataclass(frozen=True)
+class CompletionPlan:
+    request_id: str  # cmpl-...
+    configs: tuple[AdapterForwardConfig, ...]  # one per prompt; choice j of prompt i is index i*n + j
+    n: int
+    echo: tuple[str, ...] | None  # per prompt: its text, when echo
+    logprobs: int | None
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    request_id: str  # chatcmpl-...
+    config: AdapterForwardConfig
+    top_logprobs: int | None  # None: no logprobs
+    stream: bool
+    include_usage: bool
+
+
+# -- /v1/completions -------------------------------------------------------------------------------
+
+
+def completion_plan(req: CompletionRequest, model: ServedModel, request_id: str) -> CompletionPlan:
+    model.check_name(req.model)
+    if req.suffix is not None:
+        raise RequestError("suffix is not supported by this server", "suffix", "unsupported_parameter")
+    if req.best_of is not None and req.best_of != 1:
+        raise RequestError(
+            "best_of > 1 is not supported by this server; use n", "best_of", "unsupported_parameter"
+        )
+    _check_stream_options(req.stream, req.stream_options)
+    prompts = _prompts(req.prompt, model)
+    if len(prompts) * req.n > model.max_num_seqs:
+        raise RequestError(
+            f"{len(prompts)} prompt(s) x n = {req.n} is {len(prompts) * req.n} sequences; this server "
+            f"runs at most max_num_seqs = {model.max_num_seqs} together",
+            "n",
+        )
+    sampling = _sampling(req, model, req.logprobs)
+    configs = []
+    for i, ids in enumerate(prompts):
+        max_tokens = _max_tokens(req.max_tokens, len(ids), model, "prompt")
+        configs.append(
+            _config(
+                req,
+                model,
+                f"{request_id}-{i}",
+                ids,
+                sampling,
+                max_tokens,
+                prompt_logprobs=req.logprobs if req.echo else None,
+            )
+        )
+    echo = (
+        tuple(_prompt_text(req.prompt, i, ids, model) for i, ids in enumerate(prompts)) if req.echo else None
+    )
+    return CompletionPlan(
+        request_id, tuple(configs), req.n, echo, req.logprobs, req.stream, _include_usage(req)
+    )
+
+
+def _prompts(prompt: str | list, model: ServedModel) -> list[list[int]]:
+    """Prompt token ids: one string, a list of strings, one list of ids, or a list of id lists."""
+    if isinstance(prompt, str):
+        return [_encode_prompt(prompt, model)]
+    if not prompt:
+        raise RequestError("prompt must not be empty", "prompt")
+    kinds = {type(p) for p in prompt}
+    if kinds == {str}:
+        return [_encode_prompt(p, model) for p in prompt]
+    if kinds == {int}:
+        return [_check_ids(prompt, model, "prompt")]
+    if kinds == {list}:
+        return [_check_ids(p, model, f"prompt[{i}]") for i, p in enumerate(prompt)]
+    raise RequestError(
+        "prompt must be a string, a list of strings, a list of token ids, or a list of "
+        "token-id lists (not a mix)",
+        "prompt",
+    )
+
+
+def _encode_prompt(text: str, model: ServedModel) -> list[int]:
+    ids = model.tokenizer.encode(text)  # special-token texts in user text stay text; BOS as the model says
+    if not ids:
+        raise RequestError("prompt must not be empty", "prompt")
+    return ids
+
+
+def _check_ids(ids: list[int], model: ServedModel, param: str) -> list[int]:
+    if not ids:
+        raise RequestError(f"{param} must not be empty", param)
+    bad = [t for t in ids if not 0 <= t < model.vocab_size]
+    if bad:
+        raise RequestError(
+            f"token id {bad[0]} in {param} is outside the vocabulary [0, {model.vocab_size})", param
+        )
+    return list(ids)
+
+
+def _prompt_text(prompt: str | list, i: int, ids: list[int], model: ServedModel) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt[i], str):
+        return prompt[i]
+    return model.tokenizer.decode(ids)
+
+
+# -- /v1/chat/completions --------------------------------------------------------------------------
+
+
+def chat_plan(req: ChatCompletionRequest, model: ServedModel, request_id: str) -> ChatPlan:
+    model.check_name(req.model)
+    _check_chat_unsupported(req)
+    _check_stream_options(req.stream, req.stream_options)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise RequestError("top_logprobs requires logprobs to be true", "top_logprobs")
+    if req.n > model.max_num_seqs:
+        raise RequestError(f"n = {req.n} exceeds this server's max_num_seqs = {model.max_num_seqs}", "n")
+    if req.max_tokens is not None and req.max_completion_tokens is not None:
+        raise RequestError("set max_completion_tokens or max_tokens, not both", "max_tokens")
+    ids = chat_prompt_ids(req.messages, model)
+    top = (req.top_logprobs or 0) if req.logprobs else None
+    sampling = _sampling(req, model, top)
+    requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    max_tokens = _max_tokens(requested, len(ids), model, "messages", param)
+    config = _config(req, model, request_id, ids, sampling, max_tokens)
+    return ChatPlan(request_id, config, top, req.stream, _include_usage(req))
+
+
+def chat_prompt_ids(
+    messages: list[Message], model: ServedModel, *, add_generation_prompt: bool = True
+) -> list[int]:
+    """The chat template's text for `messages`, encoded with special tokens (the template adds BOS)."""
+    text = model.template.render(template_messages(messages), add_generation_prompt=add_generation_prompt)
+    return model.tokenizer.encode(text, allow_special=True, add_bos=False)
+
+
+def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Protocol messages -> the plain dicts a chat template reads (text parts kept as parts)."""
+    out = []
+    for i, m in enumerate(messages):
+        role = "system" if isinstance(m, DeveloperMessage) else type(m).__struct_config__.tag
+        item: dict[str, Any] = {"role": role, "content": _content(m.content, i)}
+        if getattr(m, "name", None) is not None:
+            item["name"] = m.name
+        if isinstance(m, AssistantMessage) and m.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": c.type,
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in m.tool_calls
+            ]
+        if isinstance(m, ToolMessage):
+            item["tool_call_id"] = m.tool_call_id
+        out.append(item)
+    return out
+
+
+def _content(content: str | list | None, i: int) -> str | list[dict[str, str]] | None:
+    if content is None or isinstance(content, str):
+        return content
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, ImageURLPart):
+            raise RequestError(
+                "image content is not supported: this server serves text models",
+                f"messages[{i}].content[{j}]",
+                "unsupported_content",
+            )
+        assert isinstance(part, TextPart)
+        parts.append({"type": "text", "text": part.text})
+    return parts
+
+
+def _check_chat_unsupported(req: ChatCompletionRequest) -> None:
+    unsupported = {
+        "tools": bool(req.tools),
+        "functions": bool(req.functions),
+        "tool_choice": req.tool_choice not in (None, "none"),
+        "function_call": req.function_call not in (None, "none"),
+        "audio": req.audio is not None,
+        "modalities": req.modalities not in (None, ["text"]),
+        "prediction": req.prediction is not None,
+    }
+    for param, used in unsupported.items():
+        if used:
+            raise RequestError(f"{param} is not supported by this server", param, "unsupported_parameter")
+    if req.response_format is not None and not isinstance(req.response_format, ResponseFormatText):
+        kind = type(req.response_format).__struct_config__.tag
+        raise RequestError(
+            f"response_format type '{kind}' is not supported: this server has no constrained decoding "
+            "to enforce it; only 'text' is accepted",
+            "response_format",
+            "unsupported_parameter",
+        )
+
+
+# -- shared ----------------------------------------------------------------------------------------
+
+
+def _check_stream_options(stream: bool, options) -> None:
+    if options is not None and not stream:
+        raise RequestError("stream_options is only allowed when stream is true", "stream_options")
+
+
+def _include_usage(req) -> bool:
+    return bool(req.stream and req.stream_options is not None and req.stream_options.include_usage)
+
+
+def _sampling(req, model: ServedModel, logprobs: int | None) -> SamplingParams:
+    return SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=max(req.top_k or 0, 0),
+        min_p=req.min_p or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=_logit_bias(req.logit_bias, model),
+        seed=None if req.seed is None else req.seed % (1 << 63),  # any int64 -> the RNG's range
+        logprobs=logprobs,
+    )
+
+
+def _logit_bias(bias: dict[str, float] | None, model: ServedModel) -> dict[int, float]:
+    out = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise RequestError(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+        if not 0 <= token < model.vocab_size:
+            raise RequestError(
+                f"logit_bias token id {token} is outside the vocabulary [0, {model.vocab_size})", "logit_bias"
+            )
+        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
+            raise RequestError(
+                f"logit_bias value {value} for token {token} is outside [-100, 100]", "logit_bias"
+            )
+        out[token] = float(value)
+    return out
+
+
+def _max_tokens(
+    requested: int | None, prompt_len: int, model: ServedModel, prompt_param: str, param: str = "max_tokens"
+) -> int:
+    """The completion budget; OpenAI's context-length error when prompt + completion do not fit."""
+    limit = min(model.context_length, model.kv_cache_tokens)
+    if requested is None:
+        if prompt_len >= limit:
+            raise _context_error(model, prompt_len, 1, prompt_param)
+        return limit - prompt_len
+    if prompt_len + requested > model.context_length:
+        raise _context_error(model, prompt_len, requested, prompt_param)
+    if prompt_len + requested > model.kv_cache_tokens:
+        raise RequestError(
+            f"prompt ({prompt_len} tokens) + {param} ({requested}) exceed this server's KV cache of "
+            f"{model.kv_cache_tokens} tokens (setting kv_cache_tokens)",
+            param,
+        )
+    return requested
+
+
+def _context_error(
+    model: ServedModel, prompt_len: int, completion: int, prompt_param: str
+) -> ContextLengthError:
+    total, limit = prompt_len + completion, model.context_length
+    if prompt_param == "messages":  # OpenAI's wording for each endpoint
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, you requested {total} "
+            f"tokens ({prompt_len} in the messages, {completion} in the completion). Please reduce the "
+            "length of the messages or completion."
+        )
+    else:
+        message = (
+            f"This model's maximum context length is {limit} tokens, however you requested {total} "
+            f"tokens ({prompt_len} in your prompt; {completion} for the completion). Please reduce your "
+            "prompt; or completion length."
+        )
+    return ContextLengthError(message, prompt_param, "context_length_exceeded")
+
+
+def _config(
+    req,
+    model: ServedModel,
+    request_id: str,
+    ids: list[int],
+    sampling: SamplingParams,
+    max_tokens: int,
+    prompt_logprobs: int | None = None,
+) -> AdapterForwardConfig:
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if any(not s for s in stop):
+        raise RequestError("stop sequences must not be empty strings", "stop")
+    for t in req.stop_token_ids or ():
+        if t >= model.vocab_size:
+            raise RequestError(
+                f"stop_token_ids: {t} is outside the vocabulary [0, {model.vocab_size})", "stop_token_ids"
+            )
+    cfg = AdapterForwardConfig(
+        request_id=request_id,
+        prompt_ids=tuple(ids),
+        sampling=sampling,
+        max_tokens=max_tokens,
+        n=req.n,
+        stop=stop,
+        stop_token_ids=tuple(req.stop_token_ids or ()),
+        ignore_eos=req.ignore_eos,
+        prompt_logprobs=prompt_logprobs,
+    )
+    cfg.validate(vocab_size=model.vocab_size, context_length=model.context_length)
+    return cfg

@@ -1,0 +1,326 @@
+"""Protocol decoding and translation into AdapterForwardConfig, with SmolLM2's real tokenizer and template."""
+
+import functools
+import json
+
+import gguf
+import msgspec
+import pytest
+
+from app.errors import request_error_from_msgspec
+from app.protocol import ChatCompletionRequest, CompletionRequest
+from app.translate import ServedModel, chat_plan, completion_plan
+from inference.chat_template import ChatTemplate
+from inference.errors import ContextLengthError, RequestError
+from inference.tokenizer import Tokenizer
+
+
+@functools.cache
+def _served(path) -> ServedModel:
+    metadata = {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items()}
+    tok = Tokenizer.from_metadata(metadata)
+    template = ChatTemplate.from_metadata(
+        metadata, bos_token=tok.decode([tok.bos_id]), eos_token=tok.decode([tok.eos_id])
+    )
+    return ServedModel(
+        name="smollm2-135m",
+        aliases=frozenset({"/m/smollm2.gguf"}),
+        tokenizer=tok,
+        template=template,
+        context_length=metadata["llama.context_length"],
+        vocab_size=tok.vocab_size,
+        created=0,
+        max_num_seqs=8,
+        kv_cache_tokens=16384,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(smollm2_path) -> ServedModel:
+    return _served(smollm2_path)
+
+
+def completion(**fields) -> CompletionRequest:
+    return msgspec.json.decode(json.dumps({"model": "smollm2-135m", **fields}), type=CompletionRequest)
+
+
+def chat(**fields) -> ChatCompletionRequest:
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], **fields}
+    return msgspec.json.decode(json.dumps(body), type=ChatCompletionRequest)
+
+
+def decode_error(body: dict, type_=ChatCompletionRequest) -> RequestError:
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.json.decode(json.dumps(body), type=type_)
+    return request_error_from_msgspec(info.value)
+
+
+# -- decoding errors name the parameter ------------------------------------------------------------
+
+MSG = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"model": "m", "messages": MSG, "temprature": 1}, "temprature", "unrecognized request argument"),
+        ({"model": "m", "messages": MSG, "n": "2"}, "n", "Expected `int`, got `str`"),
+        ({"model": "m", "messages": MSG, "temperature": 3}, "temperature", "<= 2.0"),
+        (
+            {"model": "m", "messages": [{"role": "robot", "content": "x"}]},
+            "messages[0].role",
+            "Invalid value",
+        ),
+        ({"model": "m", "messages": [{"role": "user"}]}, "messages[0].content", "missing required field"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": "x", "foo": 1}]},
+            "messages[0].foo",
+            "unrecognized",
+        ),
+        ({"model": "m"}, "messages", "missing required field"),
+        ({"messages": MSG}, "model", "missing required field"),
+        ({"model": "m", "messages": []}, "messages", "length >= 1"),
+        ({"model": "m", "messages": MSG, "top_logprobs": 21}, "top_logprobs", "<= 20"),
+        ({"model": "m", "messages": MSG, "stop": 5}, "stop", "Expected `str | array | null`"),
+        (
+            {"model": "m", "messages": MSG, "stream_options": {"include_usage": True, "x": 1}},
+            "stream_options.x",
+            "",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
+            "messages[0].content[0].type",
+            "Invalid value",
+        ),
+    ],
+)
+def test_decoding_errors_name_the_parameter(body, param, words):
+    err = request_error_from_msgspec(_decode_error(body))
+    assert err.param == param
+    assert words in err.message
+
+
+def _decode_error(body):
+    try:
+        msgspec.json.decode(json.dumps(body), type=ChatCompletionRequest)
+    except msgspec.ValidationError as exc:
+        return exc
+    raise AssertionError("decoded")
+
+
+def test_invalid_json_is_a_decode_error():
+    with pytest.raises(msgspec.DecodeError) as info:
+        msgspec.json.decode(b'{"model": ', type=CompletionRequest)
+    err = request_error_from_msgspec(info.value)
+    assert err.param is None and "not valid JSON" in err.message
+
+
+# -- completions -----------------------------------------------------------------------------------
+
+
+def test_string_prompt(model):
+    plan = completion_plan(completion(prompt="Hello world", max_tokens=5, temperature=0), model, "cmpl-x")
+    (cfg,) = plan.configs
+    assert cfg.request_id == "cmpl-x-0"
+    assert cfg.prompt_ids == (19556, 905)
+    assert cfg.max_tokens == 5 and cfg.sampling.temperature == 0.0
+    assert plan.echo is None and plan.logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("prompt", "ids"),
+    [
+        (["Hello world", "Hello"], [(19556, 905), (19556,)]),
+        ([19556, 905], [(19556, 905)]),
+        ([[19556], [905, 905]], [(19556,), (905, 905)]),
+    ],
+)
+def test_prompt_forms(model, prompt, ids):
+    plan = completion_plan(completion(prompt=prompt, n=2), model, "cmpl-y")
+    assert [c.prompt_ids for c in plan.configs] == ids
+    assert [c.request_id for c in plan.configs] == [f"cmpl-y-{i}" for i in range(len(ids))]
+    assert all(c.n == 2 for c in plan.configs)
+
+
+def test_defaults_follow_openai(model):
+    cfg = completion_plan(completion(prompt="x"), model, "c").configs[0]
+    s = cfg.sampling
+    assert cfg.max_tokens == 16 and cfg.n == 1 and cfg.stop == ()
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty) == (1.0, 1.0, 0, 0.0, 1.0)
+    assert (s.presence_penalty, s.frequency_penalty, s.logit_bias, s.seed, s.logprobs) == (
+        0.0,
+        0.0,
+        {},
+        None,
+        None,
+    )
+
+
+def test_every_sampling_parameter_is_carried(model):
+    req = completion(
+        prompt="x",
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        logit_bias={"905": -100, "42": 5},
+        seed=7,
+        logprobs=3,
+        echo=True,
+        stop=["\n", "END"],
+        max_tokens=9,
+        user="u1",
+        ignore_eos=True,
+        stop_token_ids=[2],
+    )
+    plan = completion_plan(req, model, "c")
+    cfg = plan.configs[0]
+    s = cfg.sampling
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.repetition_penalty) == (0.5, 0.9, 40, 0.05, 1.1)
+    assert (s.presence_penalty, s.frequency_penalty, s.seed, s.logprobs) == (0.5, -0.5, 7, 3)
+    assert s.logit_bias == {905: -100.0, 42: 5.0}
+    assert cfg.stop == ("\n", "END") and cfg.max_tokens == 9 and cfg.prompt_logprobs == 3
+    assert cfg.ignore_eos and cfg.stop_token_ids == (2,)
+    assert plan.echo == ("x",) and plan.logprobs == 3
+
+
+def test_negative_seed_maps_into_range(model):
+    s = completion_plan(completion(prompt="x", seed=-1), model, "c").configs[0].sampling
+    assert s.seed == (1 << 63) - 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"prompt": "x", "suffix": "y"}, "suffix", "not supported"),
+        ({"prompt": "x", "best_of": 2}, "best_of", "not supported"),
+        ({"prompt": []}, "prompt", "must not be empty"),
+        ({"prompt": ""}, "prompt", "must not be empty"),
+        ({"prompt": ["a", 1]}, "prompt", "not a mix"),
+        ({"prompt": [[]]}, "prompt[0]", "must not be empty"),
+        ({"prompt": [49152]}, "prompt", "outside the vocabulary"),
+        ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", "not a token id"),
+        ({"prompt": "x", "logit_bias": {"99999": 1}}, "logit_bias", "outside the vocabulary"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias", "outside [-100, 100]"),
+        ({"prompt": "x", "stop": ""}, "stop", "empty"),
+        ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "only allowed"),
+        ({"prompt": ["a", "b", "c"], "n": 3}, "n", "max_num_seqs"),
+        ({"prompt": "x", "max_tokens": 8192}, "prompt", "maximum context length is 8192 tokens"),
+        ({"prompt": "x", "stop_token_ids": [60000]}, "stop_token_ids", "outside the vocabulary"),
+    ],
+)
+def test_completion_request_errors(model, fields, param, words):
+    with pytest.raises(RequestError) as info:
+        completion_plan(completion(**fields), model, "c")
+    assert info.value.param == param
+    assert words in info.value.message
+
+
+def test_context_error_has_openai_code_and_wording(model):
+    with pytest.raises(ContextLengthError) as info:
+        completion_plan(completion(prompt="Hello world", max_tokens=8191), model, "c")
+    assert info.value.code == "context_length_exceeded"
+    assert info.value.message == (
+        "This model's maximum context length is 8192 tokens, however you requested 8193 tokens "
+        "(2 in your prompt; 8191 for the completion). Please reduce your prompt; or completion length."
+    )
+
+
+def test_unknown_model_is_404(model):
+    from app.errors import APIError
+
+    with pytest.raises(APIError) as info:
+        completion_plan(completion(prompt="x", model="gpt-4"), model, "c")
+    assert (info.value.status, info.value.param, info.value.code) == (404, "model", "model_not_found")
+    completion_plan(completion(prompt="x", model="/m/smollm2.gguf"), model, "c")  # an alias
+
+
+# -- chat ------------------------------------------------------------------------------------------
+
+
+def test_chat_renders_the_template(model):
+    plan = chat_plan(
+        chat(
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            ]
+        ),
+        model,
+        "chatcmpl-1",
+    )
+    text = model.tokenizer.decode(list(plan.config.prompt_ids))
+    assert (
+        text
+        == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert plan.config.prompt_ids[0] == model.tokenizer.special_token_id("<|im_start|>")
+    assert plan.config.max_tokens == 8192 - len(
+        plan.config.prompt_ids
+    )  # no max_tokens: the rest of the context
+    assert plan.top_logprobs is None
+
+
+def test_developer_role_renders_as_system(model):
+    a = chat_plan(chat(messages=[{"role": "developer", "content": "Be brief."}, *MSG]), model, "a")
+    b = chat_plan(chat(messages=[{"role": "system", "content": "Be brief."}, *MSG]), model, "b")
+    assert a.config.prompt_ids == b.config.prompt_ids
+
+
+def test_chat_parameters(model):
+    plan = chat_plan(
+        chat(
+            max_completion_tokens=7,
+            logprobs=True,
+            top_logprobs=4,
+            n=2,
+            seed=3,
+            stop="x",
+            response_format={"type": "text"},
+            tool_choice="none",
+            stream=True,
+            stream_options={"include_usage": True},
+        ),
+        model,
+        "c",
+    )
+    cfg = plan.config
+    assert (cfg.max_tokens, cfg.n, cfg.sampling.seed, cfg.stop, cfg.sampling.logprobs) == (7, 2, 3, ("x",), 4)
+    assert plan.top_logprobs == 4 and plan.include_usage and plan.stream
+
+
+def test_chat_logprobs_without_top(model):
+    plan = chat_plan(chat(logprobs=True, max_tokens=3), model, "c")
+    assert plan.top_logprobs == 0 and plan.config.sampling.logprobs == 0 and plan.config.max_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+        ({"tool_choice": "auto"}, "tool_choice", "not supported"),
+        ({"functions": [{"name": "f"}]}, "functions", "not supported"),
+        ({"function_call": "auto"}, "function_call", "not supported"),
+        ({"audio": {"voice": "x"}}, "audio", "not supported"),
+        ({"modalities": ["text", "audio"]}, "modalities", "not supported"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "no constrained decoding"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", "json_schema"),
+        ({"top_logprobs": 2}, "top_logprobs", "requires logprobs"),
+        ({"n": 9}, "n", "max_num_seqs"),
+        ({"max_tokens": 3, "max_completion_tokens": 3}, "max_tokens", "not both"),
+        ({"max_completion_tokens": 8190}, "messages", "in the messages"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content[0]",
+            "image content",
+        ),
+    ],
+)
+def test_chat_request_errors(model, fields, param, words):
+    with pytest.raises(RequestError) as info:
+        chat_plan(chat(**fields), model, "c")
+    assert info.value.param == param
+    assert words in info.value.message
