@@ -6,11 +6,11 @@ import numpy as np
 from .backends.numpy_backend import AttentionSeq
 from .block_manager import BlockManager
 from .errors import RequestError
-from .events import Logprob, TokenEvent, TokenLogprobs
+from .events import TokenEvent, TokenLogprobs
 from .forward_config import AdapterForwardConfig
 from .model import ForwardBatch
 from .output_text import OutputText
-from .sampler import Sampler, SequenceSampling
+from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
 
@@ -190,7 +190,7 @@ class Engine:
             nxt = s.num_computed + i + 1
             if nxt >= s.prompt_len:
                 break
-            out.append(token_logprobs(row, s.token_ids[nxt], n_top))
+            out.append(top_logprobs(row, s.token_ids[nxt], n_top))
         return out
 
     def _append(self, s: Sequence, token_id: int, logprobs) -> TokenEvent:
@@ -231,16 +231,3 @@ class Engine:
         group = self._by_request.get(s.request_id, [])
         if all(x.finish_reason is not None for x in group):
             self._by_request.pop(s.request_id, None)
-
-
-def token_logprobs(row: np.ndarray, token_id: int, n_top: int) -> TokenLogprobs:
-    """Raw log-probabilities of one position: the given token and the n_top most likely ones."""
-    row = row.astype(np.float64)
-    m = row.max()
-    lse = m + np.log(np.exp(row - m).sum())
-    top = np.argpartition(-row, n_top)[:n_top] if 0 < n_top < row.shape[0] else np.arange(0)
-    top = top[np.argsort(-row[top], kind="stable")]
-    return TokenLogprobs(
-        Logprob(int(token_id), float(row[token_id] - lse)),
-        tuple(Logprob(int(t), float(row[t] - lse)) for t in top),
-    )

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from inference.engine import Engine, EngineConfig, token_logprobs
+from inference.engine import Engine, EngineConfig
 from inference.errors import RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
+from inference.sampler import top_logprobs
 
 PROMPTS = [
     "The capital of France is",
@@ -20,7 +21,9 @@ GREEDY = SamplingParams(temperature=0.0)
 def cfg(smol, i, text, max_tokens=12, **kw):
     ids = tuple(smol.tokenizer.encode(text))
     kw.setdefault("sampling", GREEDY)
-    return AdapterForwardConfig(request_id=f"r{i}", prompt_ids=ids, max_tokens=max_tokens, ignore_eos=True, **kw)
+    return AdapterForwardConfig(
+        request_id=f"r{i}", prompt_ids=ids, max_tokens=max_tokens, ignore_eos=True, **kw
+    )
 
 
 def run(engine: Engine, configs) -> dict[tuple[str, int], list]:
@@ -51,7 +54,9 @@ def test_batched_chunked_greedy_equals_solo(smol):
 def test_preemption_by_recompute_keeps_outputs(smol):
     solo = {f"r{i}": smol.greedy(list(smol.tokenizer.encode(p)), 24) for i, p in enumerate(PROMPTS)}
     # 10 blocks of 4 slots cannot hold five sequences of ~30 tokens at once
-    engine = Engine(smol, EngineConfig(max_num_seqs=5, max_num_batched_tokens=64, block_size=4, kv_cache_tokens=40))
+    engine = Engine(
+        smol, EngineConfig(max_num_seqs=5, max_num_batched_tokens=64, block_size=4, kv_cache_tokens=40)
+    )
     got = run(engine, [cfg(smol, i, p, max_tokens=24) for i, p in enumerate(PROMPTS)])
     assert {k[0]: v for k, v in got.items()} == solo
     assert engine.stats().preemptions > 0
@@ -82,7 +87,10 @@ def test_seeded_choices_differ_but_repeat(smol):
 def test_seed_gives_same_tokens_alone_and_in_a_batch(smol):
     seeded = cfg(smol, 0, PROMPTS[0], max_tokens=16, sampling=SamplingParams(temperature=0.9, seed=7))
     alone = run(Engine(smol), [seeded])
-    others = [cfg(smol, i, p, max_tokens=16, sampling=SamplingParams(temperature=1.0)) for i, p in enumerate(PROMPTS)][1:]
+    others = [
+        cfg(smol, i, p, max_tokens=16, sampling=SamplingParams(temperature=1.0))
+        for i, p in enumerate(PROMPTS)
+    ][1:]
     together = run(Engine(smol, EngineConfig(max_num_batched_tokens=16)), [*others, seeded])
     assert together[("r0", 0)] == alone[("r0", 0)]
 
@@ -127,15 +135,20 @@ def test_end_of_generation_token_stops(smol):
 
 def test_prompt_logprobs_match_prefix_logits(smol):
     ids = smol.tokenizer.encode(PROMPTS[2])
-    c = AdapterForwardConfig(request_id="echo", prompt_ids=tuple(ids), max_tokens=1, prompt_logprobs=2,
-                             sampling=SamplingParams(temperature=0.0, logprobs=2))
+    c = AdapterForwardConfig(
+        request_id="echo",
+        prompt_ids=tuple(ids),
+        max_tokens=1,
+        prompt_logprobs=2,
+        sampling=SamplingParams(temperature=0.0, logprobs=2),
+    )
     engine = Engine(smol, EngineConfig(max_num_batched_tokens=5))  # prompt spans several chunks
     engine.add_request(c)
     events = [e for _ in range(20) for e in engine.step()]
     prompt_lp = events[0].prompt_logprobs
     assert len(prompt_lp) == len(ids) and prompt_lp[0] is None
     for pos in (1, 4, len(ids) - 1):
-        want = token_logprobs(smol.prefill(ids[:pos]), ids[pos], 2)
+        want = top_logprobs(smol.prefill(ids[:pos]), ids[pos], 2)
         assert prompt_lp[pos].chosen.token_id == ids[pos]
         assert prompt_lp[pos].chosen.logprob == pytest.approx(want.chosen.logprob, abs=1e-4)
         assert [t.token_id for t in prompt_lp[pos].top] == [t.token_id for t in want.top]
