@@ -3,6 +3,7 @@
 import codecs
 import math
 import mmap
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ _SCALARS = {  # value type -> struct format (little-endian); BOOL is read as a b
 }  # fmt: skip
 _MIN_SIZE = {t: struct.calcsize("<" + f) for t, f in _SCALARS.items()} | {V.STRING: 8, V.ARRAY: 12}
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")  # searched in the mmap itself: no copy
 _decode = codecs.utf_8_decode  # takes any buffer: no bytes copy of a memoryview slice
 _HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor count, kv count
 _MIN_KV = 8 + 4 + 1  # key length, value type, smallest value
@@ -91,17 +93,24 @@ def load_gguf(path) -> GGUFFile:
     metadata and tensors with GGUFReader on real files. Strings are decoded as UTF-8 with
     errors="surrogateescape": valid text is unchanged, and a token holding invalid UTF-8 round-trips
     exactly via `s.encode("utf-8", "surrogateescape")`; keys and tensor names must be valid UTF-8.
+
+    Two passes: the first walks the whole header (every length, count and type, the tensor infos and
+    the data layout) decoding only keys and names; the second builds the metadata's Python objects.
+    A corrupted length that swallows the rest of the file therefore fails in the first pass, before
+    its bytes become a str (which costs up to 4 bytes per byte of binary) or a list of ints (8 per
+    byte): a corrupted file never costs more extra memory than a valid one of its size.
     """
     path = Path(path)
     buf = _map(path)
     try:
-        cur = _Cursor(buf)
-        version, n_tensors, metadata = _read_head(cur)
+        walk = _Cursor(buf, decode=False)
+        version, n_tensors, scalars = _read_head(walk)
         raw = [
-            _read_tensor_info(cur, i) for i in range(cur.count(n_tensors, _MIN_TENSOR_INFO, "tensor count"))
+            _read_tensor_info(walk, i) for i in range(walk.count(n_tensors, _MIN_TENSOR_INFO, "tensor count"))
         ]
-        align = _alignment(metadata)
-        tensors = _layout(buf, raw, -(-cur.pos // align) * align, align)  # data start: header end, padded
+        align = _alignment(scalars)
+        tensors = _layout(buf, raw, -(-walk.pos // align) * align, align)  # data start: header end, padded
+        metadata = _read_head(_Cursor(buf))[2]
     except GGUFError as exc:
         raise GGUFError(f"{path}: {exc}") from None
     return GGUFFile(path, version, metadata, tensors)
@@ -111,6 +120,7 @@ def read_metadata(path) -> dict[str, Any]:
     """The checked metadata alone (header and key/values, tensor infos not read): for tools and tokenizers."""
     path, buf = Path(path), _map(Path(path))
     try:
+        _read_head(_Cursor(buf, decode=False))  # structure first: see load_gguf
         return _read_head(_Cursor(buf))[2]
     except GGUFError as exc:
         raise GGUFError(f"{path}: {exc}") from None
@@ -154,10 +164,14 @@ def _map(path: Path) -> mmap.mmap:
 
 
 class _Cursor:
-    """Reads little-endian values at `pos`, checking every length against the bytes left first."""
+    """Reads little-endian values at `pos`, checking every length against the bytes left first.
 
-    def __init__(self, buf: mmap.mmap):
-        self.buf, self.pos, self.size = buf, 0, len(buf)
+    decode=False walks the structure only: metadata strings and arrays are checked and skipped (read as
+    None); keys, tensor names and scalar values are still read.
+    """
+
+    def __init__(self, buf: mmap.mmap, *, decode: bool = True):
+        self.buf, self.pos, self.size, self.decode = buf, 0, len(buf), decode
         self.view = memoryview(buf)  # strings decode from slices of it, without a bytes copy
         self.items_left = MAX_ARRAY_ITEMS
 
@@ -178,14 +192,22 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return self.unpack(_U64, what)[0]
 
-    def string(self, what: str, *, strict: bool = False, limit: int = MAX_STRING) -> str:
-        """strict: invalid UTF-8 is an error (keys, names); otherwise bytes round-trip via surrogateescape."""
+    def string(self, what: str, *, strict: bool = False, ascii: bool = False, limit: int = MAX_STRING) -> str | None:
+        """strict: invalid UTF-8 is an error (names); otherwise bytes round-trip via surrogateescape.
+
+        ascii (keys, which the spec requires to be ASCII) is checked on the mapped bytes before decoding:
+        a garbage key of up to MAX_KEY bytes fails without first becoming a str.
+        """
         n = self.u64(f"{what} length")
         if n > limit:
             raise GGUFError(f"{what} is {n} bytes long, the limit is {limit}")
         self.need(n, f"{what} of declared length {n}")
         self.pos += n
+        if not (strict or ascii or self.decode):
+            return None
         raw = self.view[self.pos - n : self.pos]
+        if ascii and _NON_ASCII.search(self.buf, self.pos - n, self.pos):
+            raise GGUFError(f"{what} is not ASCII, as the GGUF spec requires of keys: {bytes(raw[:64])!r}")
         try:
             return _decode(raw, "strict" if strict else "surrogateescape", True)[0]
         except UnicodeDecodeError:
@@ -224,12 +246,13 @@ def _read_head(cur: _Cursor) -> tuple[int, int, dict[str, Any]]:
         if key in metadata:
             raise GGUFError(f"metadata key {key!r} appears twice")
         metadata[key] = value
-    _check_metadata(metadata)
+    if cur.decode:
+        _check_metadata(metadata)
     return version, n_tensors, metadata
 
 
 def _read_kv(cur: _Cursor, i: int) -> tuple[str, Any]:
-    key = cur.string(f"metadata key #{i}", strict=True, limit=MAX_KEY)
+    key = cur.string(f"metadata key #{i}", ascii=True, limit=MAX_KEY)
     type_id = cur.u32(f"metadata {key} value type")
     if key == "general.alignment" and type_id != V.UINT32:  # as llama.cpp and GGUFReader require
         raise GGUFError(f"metadata general.alignment must be UINT32, got value type {type_id}")
@@ -252,6 +275,10 @@ def _read_value(cur: _Cursor, vtype: gguf.GGUFValueType, what: str, depth: int) 
     item_type = _value_type(cur.u32(f"{what} array item type"), f"{what} array items")
     n = cur.count(cur.u64(f"{what} array length"), _MIN_SIZE[item_type], f"{what} array length")
     cur.array_items(n, f"{what} array length")
+    if not cur.decode and item_type in _SCALARS:
+        cur.need(n * _MIN_SIZE[item_type], f"{what} array of {n}")
+        cur.pos += n * _MIN_SIZE[item_type]
+        return None
     if item_type == V.STRING:
         return _strings(cur, n, what)
     if item_type == V.ARRAY:
@@ -269,7 +296,7 @@ def _scalars(cur: _Cursor, vtype: gguf.GGUFValueType, n: int, what: str) -> list
     return [bool(v) for v in values]
 
 
-def _strings(cur: _Cursor, n: int, what: str) -> list[str]:
+def _strings(cur: _Cursor, n: int, what: str) -> list[str] | None:
     # the hot loop of a 150k-token vocabulary: locals only, one bounds check per length and per string
     buf, view, pos, size, unpack = cur.buf, cur.view, cur.pos, cur.size, _U64.unpack_from
     out = []
@@ -283,10 +310,11 @@ def _strings(cur: _Cursor, n: int, what: str) -> list[str]:
             raise GGUFError(
                 f"truncated: {what}[{j}] of declared length {k} at offset {pos}, {size - pos - 8} left"
             )
-        out.append(_decode(view[pos + 8 : pos + 8 + k], "surrogateescape", True)[0])
+        if cur.decode:
+            out.append(_decode(view[pos + 8 : pos + 8 + k], "surrogateescape", True)[0])
         pos += 8 + k
     cur.pos = pos
-    return out
+    return out if cur.decode else None
 
 
 # ---- metadata types: the keys the engine reads must hold the type it expects ----

@@ -381,7 +381,7 @@ BROKEN = [
         replace(b"tokenizer.ggml.eos_token_id", b"tokenizer.ggml.bos_token_id"),
         "metadata key 'tokenizer.ggml.bos_token_id' appears twice",
     ),
-    case("key-not-utf8", replace(b"general.name", b"general.nam\xff"), "metadata key #1 is not valid UTF-8"),
+    case("key-not-ascii", replace(b"general.name", b"general.nam\xff"), "metadata key #1 is not ASCII"),
     case(
         "tensor-beyond-eof",
         put("Q", ti(DOWN, "offset"), lambda lay: lay.size // 32 * 32),
@@ -616,7 +616,7 @@ def test_mutation_fuzz_raises_only_gguf_errors(tmp_path):
         copy.unlink()
         outcomes[outcome] += 1
         worst = max(worst, (peak, i))
-        assert peak < 8 * len(data), f"mutation {i}: {peak} bytes allocated for a {len(data)}-byte file"
+        assert peak < 2 * len(data), f"mutation {i}: {peak} bytes allocated for a {len(data)}-byte file"
     elapsed = time.perf_counter() - started
     print(f"\n{sum(outcomes.values())} mutations of {len(data)} bytes in {elapsed:.1f} s")
     print(f"largest allocation: {worst[0]} bytes (mutation {worst[1]})")
