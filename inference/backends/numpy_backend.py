@@ -77,10 +77,9 @@ class NumpyBackend:
 
     def kv_write(self, k_cache, v_cache, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
         # caches [num_blocks, block_size, n_kv, hd]; k, v [T, n_kv, hd]; slots [T] = block * block_size + offset
-        block_size = k_cache.shape[1]
-        blocks, offsets = np.divmod(slots, block_size)
-        k_cache[blocks, offsets] = k
-        v_cache[blocks, offsets] = v
+        # the caches are contiguous, so [num_blocks * block_size, n_kv, hd] is a view indexed by slot
+        k_cache.reshape(-1, *k_cache.shape[2:])[slots] = k
+        v_cache.reshape(-1, *v_cache.shape[2:])[slots] = v
 
     def copy_block(self, k_cache, v_cache, src: int, dst: int) -> None:
         k_cache[dst] = k_cache[src]
@@ -111,18 +110,24 @@ def _gather(cache: np.ndarray, s: AttentionSeq) -> np.ndarray:
     return flat.transpose(1, 0, 2)
 
 
+def _mask(length: int, context_len: int, sliding_window: int | None) -> np.ndarray:
+    # [L, C] True where query i (at position C - L + i) must not see key j: causal, and the window
+    q_pos = np.arange(context_len - length, context_len)[:, None]
+    k_pos = np.arange(context_len)[None, :]
+    masked = k_pos > q_pos
+    if sliding_window:
+        masked |= k_pos <= q_pos - sliding_window
+    return masked
+
+
 def _attend_one(q, k_cache, v_cache, s: AttentionSeq, sliding_window: int | None):
     length, n_heads, hd = q.shape
     k, v = _gather(k_cache, s), _gather(v_cache, s)  # [n_kv, C, hd]
     n_kv = k.shape[0]
     qg = q.transpose(1, 0, 2).reshape(n_kv, n_heads // n_kv, length, hd)  # [n_kv, group, L, hd]
     scores = (qg @ k[:, None].transpose(0, 1, 3, 2)) * np.float32(1.0 / np.sqrt(hd))  # [n_kv, g, L, C]
-    q_pos = np.arange(s.context_len - length, s.context_len)[:, None]  # [L, 1]
-    k_pos = np.arange(s.context_len)[None, :]  # [1, C]
-    masked = k_pos > q_pos
-    if sliding_window:
-        masked |= k_pos <= q_pos - sliding_window
-    scores = np.where(masked, -np.inf, scores)
+    if length > 1 or (sliding_window and s.context_len > sliding_window):  # one decode query sees all of C
+        scores = np.where(_mask(length, s.context_len, sliding_window), -np.inf, scores)
     scores -= scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)
