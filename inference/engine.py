@@ -31,7 +31,8 @@ class EngineStats(msgspec.Struct, kw_only=True):
 
 
 class Engine:
-    def __init__(self, adapter, config: EngineConfig = EngineConfig()):
+    def __init__(self, adapter, config: EngineConfig | None = None):
+        config = config or EngineConfig()
         if config.kv_cache_tokens < config.block_size:
             raise ValueError(f"kv_cache_tokens {config.kv_cache_tokens} < block_size {config.block_size}")
         self.adapter = adapter
@@ -44,7 +45,7 @@ class Engine:
         self._by_request: dict[str, list[Sequence]] = {}
 
     @classmethod
-    def load(cls, model_path, *, backend: str = "numpy", config: EngineConfig = EngineConfig()) -> "Engine":
+    def load(cls, model_path, *, backend: str = "numpy", config: EngineConfig | None = None) -> "Engine":
         from .adapter import InferenceAdapter
 
         return cls(InferenceAdapter.load(model_path, backend=backend), config)
@@ -56,6 +57,11 @@ class Engine:
     @property
     def model_config(self):
         return self.adapter.config
+
+    @property
+    def backend_name(self) -> str:
+        """The backend computing the model ("numpy", "cuda"): what "auto" resolved to."""
+        return self.adapter.backend.name
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -96,6 +102,10 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
+
+    def running_request_ids(self) -> set[str]:
+        """Requests with a sequence the scheduler has admitted (prefilling or decoding)."""
+        return {s.request_id for s in self.scheduler.running}
 
     def stats(self) -> EngineStats:
         return EngineStats(

@@ -140,7 +140,7 @@ class Worker:
         """Queue time of requests the scheduler admitted in this step (they now have running sequences)."""
         if not self._arrived:
             return []
-        running = {s.request_id for s in self.engine.scheduler.running}
+        running = self.engine.running_request_ids()
         out = []
         for request_id in [r for r in self._arrived if r in running]:
             out.append(max(step_started - self._arrived.pop(request_id), 0.0))
@@ -172,7 +172,7 @@ def run(
 
         started = time.monotonic()
         engine = Engine.load(model_path, backend=backend, config=EngineConfig(**engine_config))
-        used = type(engine.adapter.backend).__name__.removesuffix("Backend").lower()
+        used = engine.backend_name
         outbox.send_bytes(encoder.encode(WorkerReady(used, time.monotonic() - started, _stats(engine))))
         log.info("engine ready (%s backend) in %.1f s", used, time.monotonic() - started)
         Worker(engine, inbox, outbox).serve_forever()

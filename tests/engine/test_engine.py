@@ -107,6 +107,18 @@ def test_abort_frees_blocks_within_one_step(smol):
     assert engine.step() == []
 
 
+def test_running_request_ids_follow_admission_and_finish(smol):
+    engine = Engine(smol, EngineConfig(max_num_seqs=1, kv_cache_tokens=512))
+    assert engine.backend_name == "numpy"
+    engine.add_request(cfg(smol, 0, PROMPTS[0], max_tokens=2))
+    engine.add_request(cfg(smol, 1, PROMPTS[1], max_tokens=2))
+    assert engine.running_request_ids() == set()  # queued, not yet admitted
+    engine.step()
+    assert engine.running_request_ids() == {"r0"}  # one slot: r1 waits
+    run(engine, [])
+    assert engine.running_request_ids() == set()
+
+
 def test_finish_reasons_and_usage(smol):
     engine = Engine(smol)
     c = AdapterForwardConfig(request_id="len", prompt_ids=tuple(smol.tokenizer.encode("Hi")), max_tokens=1)
