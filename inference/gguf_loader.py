@@ -192,7 +192,9 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return self.unpack(_U64, what)[0]
 
-    def string(self, what: str, *, strict: bool = False, ascii: bool = False, limit: int = MAX_STRING) -> str | None:
+    def string(
+        self, what: str, *, strict: bool = False, ascii: bool = False, limit: int = MAX_STRING
+    ) -> str | None:
         """strict: invalid UTF-8 is an error (names); otherwise bytes round-trip via surrogateescape.
 
         ascii (keys, which the spec requires to be ASCII) is checked on the mapped bytes before decoding:

@@ -28,7 +28,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.status = Status.WAITING
         self.finish_reason: str | None = None
-        self.followers: list["Sequence"] = []  # n > 1: siblings forked from this one after prefill
+        self.followers: list[Sequence] = []  # n > 1: siblings forked from this one after prefill
         self.prompt_logprobs_sent = False
         self.prompt_lp: list | None = None  # prompt logprobs gathered over prefill chunks
 

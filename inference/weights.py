@@ -59,9 +59,10 @@ def load_weights(gguf: GGUFFile, config: ModelConfig, backend) -> ModelWeights:
 
     token_embd = get("token_embd.weight")
     output = token_embd if config.tied_output else get("output.weight")
-    freq_factors = dequantize(gguf.tensors["rope_freqs.weight"]) if "rope_freqs.weight" in gguf.tensors else None
+    freqs = gguf.tensors.get("rope_freqs.weight")  # llama 3.1 rope scaling: per-dimension factors
+    inv_freq = rope_inv_freq(config, None if freqs is None else dequantize(freqs))
     layers = [_load_layer(get, opt, backend, config, i) for i in range(config.num_layers)]
-    return ModelWeights(token_embd, layers, get("output_norm.weight"), output, rope_inv_freq(config, freq_factors))
+    return ModelWeights(token_embd, layers, get("output_norm.weight"), output, inv_freq)
 
 
 def _load_layer(get, opt, backend, config: ModelConfig, i: int) -> LayerWeights:

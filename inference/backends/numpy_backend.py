@@ -76,7 +76,8 @@ class NumpyBackend:
         return cos, sin
 
     def kv_write(self, k_cache, v_cache, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
-        # caches [num_blocks, block_size, n_kv, hd]; k, v [T, n_kv, hd]; slots [T] = block * block_size + offset
+        # caches [num_blocks, block_size, n_kv, hd]; k, v [T, n_kv, hd]
+        # slots [T] = block * block_size + offset
         # the caches are contiguous, so [num_blocks * block_size, n_kv, hd] is a view indexed by slot
         k_cache.reshape(-1, *k_cache.shape[2:])[slots] = k
         v_cache.reshape(-1, *v_cache.shape[2:])[slots] = v
