@@ -9,17 +9,15 @@ decode runs, so that both see the same machine load (on a shared machine it move
 """
 
 import argparse
-import os
-import platform
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any
 
 import numpy as np
 
+from bench.machine import blas_config, describe, load_average, median_seconds, print_table
 from inference.adapter import InferenceAdapter
 from inference.gguf_loader import load_gguf
 from inference.model_registry import resolve_model
@@ -37,20 +35,6 @@ BANDWIDTH_RUNS = 7
 # -- the machine --------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
-def blas_config() -> str:
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    threads = {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}
-    config = " ".join(blas.get("openblas configuration", "").split())
-    return f"{blas['name']} {blas['version']} ({config}); thread env {threads or 'unset'}"
-
-
 def measure_bandwidth(runs: int = BANDWIDTH_RUNS) -> float:
     """Bytes/s of a float32 matrix-vector product whose matrix streams from RAM (median of `runs`)."""
     rng = np.random.default_rng(0)
@@ -59,15 +43,6 @@ def measure_bandwidth(runs: int = BANDWIDTH_RUNS) -> float:
     w @ x  # warm-up: page in, start the BLAS threads
     seconds = median_seconds(lambda: w @ x, runs)
     return (w.nbytes + x.nbytes + 4 * BANDWIDTH_ROWS) / seconds
-
-
-def median_seconds(fn: Callable[[], Any], runs: int = RUNS) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # -- the model ----------------------------------------------------------------------------------------
@@ -136,17 +111,6 @@ def bench(name: str, runs: int) -> dict[str, Any]:
     }
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    columns = list(rows[0])
-    cells = [[f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print(" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for r in cells:  # first column left-aligned, numbers right-aligned
-        aligned = [r[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)]
-        print(" | ".join(aligned))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -154,9 +118,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=CHOICES)
     parser.add_argument("--runs", type=int, default=RUNS, help="runs per measurement (median)")
     args = parser.parse_args()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical cores, numpy {np.__version__}")
+    print(describe())
     print(f"BLAS: {blas_config()}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average before: {load_average()}")
     mib = BANDWIDTH_ROWS * BANDWIDTH_COLS * 4 >> 20
     print(
         f"batch 1, fp32 weights; prefill = {PREFILL_TOKENS}-token prompt, decode = {DECODE_TOKENS} steps "
@@ -165,7 +129,7 @@ def main() -> None:
     )
     rows = [bench(name, args.runs) for name in args.models]
     print_table(rows)
-    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"\nload average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 # Run as `python bench/http.py`, this file's folder comes first on sys.path and would shadow the
 # standard library's `http` package that httpx imports; drop it (python -m bench.http needs nothing).
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root: `bench.machine`
 
 import argparse  # noqa: E402
 import asyncio
@@ -21,12 +21,15 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import httpx
+
+from bench.machine import describe, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -166,12 +169,22 @@ async def main_async(args, url: str) -> None:
         await one_request(client, model, 4, seed=0)  # warm-up
         rows = []
         for c in args.concurrency:
-            rows.append(await run_level(client, model, c, max(args.requests, c), args.max_tokens))
+            runs = [
+                await run_level(client, model, c, max(args.requests, c), args.max_tokens)
+                for _ in range(args.runs)
+            ]
+            rows.append(_median_row(runs))
+    print(describe())
     print_table(
         rows,
         f"gguf-serve HTTP benchmark: {model}, {args.max_tokens} output tokens/request, streamed; "
-        f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+        f"median of {args.runs} runs per level; Python {platform.python_version()}",
     )
+
+
+def _median_row(runs: list[dict]) -> dict:
+    """Each figure's median over the runs of one concurrency level."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "--requests", type=int, default=16, help="requests per level (at least the concurrency)"
     )
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3, help="runs per level (medians are printed)")
     args = parser.parse_args(argv)
     if args.url and urlparse(args.url).hostname not in ("127.0.0.1", "localhost"):
         parser.error("only loopback targets (127.0.0.1, localhost) are benchmarked")
@@ -193,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if url is None:
         proc, url = start_server(args)
     try:
+        print(f"load average before: {load_average()}")
         asyncio.run(main_async(args, url))
+        print(f"load average after: {load_average()}")
     finally:
         if proc is not None:
             proc.terminate()
