@@ -24,14 +24,14 @@ class Histogram:
         self.count += 1
 
     def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        lines = []
         total = 0
         for bound, n in zip((*self.buckets, math.inf), self.counts, strict=True):
             total += n
             le = "+Inf" if bound == math.inf else repr(float(bound))
             lines.append(f'{self.name}_bucket{{le="{le}"}} {total}')
         lines += [f"{self.name}_sum {self.sum!r}", f"{self.name}_count {self.count}"]
-        return lines
+        return _family(self.name, "histogram", self.help, lines)
 
 
 class Metrics:
@@ -71,69 +71,64 @@ class Metrics:
         self.preemptions = stats.preemptions
 
     def render(self) -> str:
-        usage = self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
         out: list[str] = []
-        _gauge(out, "worker_up", "1 when the engine worker is loaded and serving.", self.worker_up)
-        _counter(
-            out,
-            "worker_restarts_total",
-            "Times the supervisor restarted a dead worker.",
-            self.worker_restarts,
-        )
-        _gauge(
-            out,
-            "requests_running",
-            "Sequences the engine is decoding (a request with n choices counts n).",
-            self.running,
-        )
-        _gauge(
-            out,
-            "requests_waiting",
-            "Sequences admitted and waiting for the engine to schedule them.",
-            self.waiting,
-        )
-        _gauge(out, "requests_in_flight", "HTTP requests admitted and not yet finished.", self.in_flight)
-        _gauge(out, "kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", usage)
-        _gauge(out, "kv_cache_blocks_used", "KV-cache blocks in use.", self.kv_blocks_used)
-        _gauge(out, "kv_cache_blocks_total", "KV-cache blocks in all.", self.kv_blocks_total)
-        _counter(
-            out,
-            "preemptions_total",
-            "Sequences preempted (KV blocks freed, recomputed later).",
-            self.preemptions,
-        )
-        _counter(out, "prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens)
-        _counter(out, "generation_tokens_total", "Tokens generated.", self.generation_tokens)
-        _labelled(
-            out,
-            "request_finished_total",
-            "Finished choices by finish reason.",
-            "finish_reason",
-            self.finished,
-        )
-        _labelled(
-            out,
-            "request_rejected_total",
-            "Requests refused at admission, by reason.",
-            "reason",
-            self.rejected,
-        )
+        for kind, name, help_text, value in self._scalars():
+            out += _family(PREFIX + name, kind, help_text, [f"{PREFIX}{name} {value}"])
+        for name, help_text, label, values in self._labelled():
+            samples = [f'{PREFIX}{name}{{{label}="{key}"}} {n}' for key, n in sorted(values.items())]
+            out += _family(PREFIX + name, "counter", help_text, samples)
         for h in (self.ttft, self.itl, self.e2e, self.queue):
             out += h.render()
         return "\n".join(out) + "\n"
 
+    def _scalars(self) -> list[tuple[str, str, str, float]]:
+        """(type, name, help, value) of each gauge and counter, in the order /metrics lists them."""
+        usage = self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
+        return [
+            ("gauge", "worker_up", "1 when the engine worker is loaded and serving.", self.worker_up),
+            (
+                "counter",
+                "worker_restarts_total",
+                "Times the supervisor restarted a dead worker.",
+                self.worker_restarts,
+            ),
+            (
+                "gauge",
+                "requests_running",
+                "Sequences the engine is decoding (a request with n choices counts n).",
+                self.running,
+            ),
+            (
+                "gauge",
+                "requests_waiting",
+                "Sequences admitted and waiting for the engine to schedule them.",
+                self.waiting,
+            ),
+            ("gauge", "requests_in_flight", "HTTP requests admitted and not yet finished.", self.in_flight),
+            ("gauge", "kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", usage),
+            ("gauge", "kv_cache_blocks_used", "KV-cache blocks in use.", self.kv_blocks_used),
+            ("gauge", "kv_cache_blocks_total", "KV-cache blocks in all.", self.kv_blocks_total),
+            (
+                "counter",
+                "preemptions_total",
+                "Sequences preempted (KV blocks freed, recomputed later).",
+                self.preemptions,
+            ),
+            ("counter", "prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens),
+            ("counter", "generation_tokens_total", "Tokens generated.", self.generation_tokens),
+        ]
 
-def _gauge(out: list[str], name: str, help_text: str, value: float) -> None:
-    out += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} gauge", f"{PREFIX}{name} {value}"]
+    def _labelled(self) -> list[tuple[str, str, str, dict[str, int]]]:
+        """(name, help, label, label value -> count) of each labelled counter."""
+        return [
+            ("request_finished_total", "Finished choices by finish reason.", "finish_reason", self.finished),
+            ("request_rejected_total", "Requests refused at admission, by reason.", "reason", self.rejected),
+        ]
 
 
-def _counter(out: list[str], name: str, help_text: str, value: float) -> None:
-    out += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} counter", f"{PREFIX}{name} {value}"]
-
-
-def _labelled(out: list[str], name: str, help_text: str, label: str, values: dict[str, int]) -> None:
-    out += [f"# HELP {PREFIX}{name} {help_text}", f"# TYPE {PREFIX}{name} counter"]
-    out += [f'{PREFIX}{name}{{{label}="{key}"}} {n}' for key, n in sorted(values.items())]
+def _family(name: str, kind: str, help_text: str, samples: list[str]) -> list[str]:
+    """One metric family in the exposition format: its HELP and TYPE lines, then its samples."""
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
 
 def parse(text: str) -> dict[str, float]:

@@ -163,6 +163,17 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
 # -- responses -------------------------------------------------------------------------------------
 
 
+class _Envelope(Struct, kw_only=True):
+    """The fields every response and chunk of both endpoints starts with (a subclass sets `object`;
+    a redefined field keeps its place, so the JSON order is id, object, created, ...)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+
 class Usage(Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
@@ -183,22 +194,14 @@ class CompletionChoice(Struct, kw_only=True):
     finish_reason: str | None = None
 
 
-class CompletionResponse(Struct, kw_only=True):
-    id: str
+class CompletionResponse(_Envelope, kw_only=True):
     object: str = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage
 
 
-class CompletionChunk(Struct, kw_only=True):
-    id: str
+class CompletionChunk(_Envelope, kw_only=True):
     object: str = "text_completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[CompletionChoice]
     usage: Usage | UnsetType = UNSET  # only in the last chunk, when stream_options.include_usage
 
@@ -234,12 +237,8 @@ class ChatChoice(Struct, kw_only=True):
     finish_reason: str | None = None
 
 
-class ChatCompletionResponse(Struct, kw_only=True):
-    id: str
+class ChatCompletionResponse(_Envelope, kw_only=True):
     object: str = "chat.completion"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChatChoice]
     usage: Usage
 
@@ -256,12 +255,8 @@ class ChatChunkChoice(Struct, kw_only=True):
     finish_reason: str | None = None
 
 
-class ChatCompletionChunk(Struct, kw_only=True):
-    id: str
+class ChatCompletionChunk(_Envelope, kw_only=True):
     object: str = "chat.completion.chunk"
-    created: int
-    model: str
-    system_fingerprint: str
     choices: list[ChatChunkChoice]
     usage: Usage | UnsetType = UNSET
 

@@ -1,17 +1,20 @@
-"""What the route modules share: the service on app.state, strict JSON bodies, collecting events, logprobs."""
+"""What the route modules share: the service on app.state, strict JSON bodies, the envelope of each
+response, running a request (whole or streamed), logprobs."""
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from litestar import Request
+from litestar import Request, post
 from litestar.background_tasks import BackgroundTask
 from litestar.dto import AbstractDTO
 from litestar.response import Stream
 from litestar.typing import FieldDefinition
+from msgspec import UNSET, UnsetType
 
 from inference.errors import RequestError
 from inference.events import TokenEvent, TokenLogprobs
@@ -20,7 +23,7 @@ from . import sse
 from .engine_client import EngineClient, Generation, GenerationFailed
 from .errors import APIError, request_error_from_msgspec
 from .metrics import Metrics
-from .protocol import CompletionLogprobs, TokenLogprob, TopLogprob
+from .protocol import CompletionLogprobs, TokenLogprob, TopLogprob, Usage
 from .settings import Settings
 from .translate import ServedModel
 
@@ -48,6 +51,28 @@ def service_of(request: Request) -> Service:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Reply:
+    """What every response and chunk of one request repeats: its id, creation time, model, fingerprint."""
+
+    def __init__(self, svc: Service, request_id: str):
+        self.svc, self.id, self.created = svc, request_id, int(time.time())
+
+    def body(self, kind: type[T], choices: list, usage: Usage | UnsetType = UNSET) -> T:
+        """A `kind` (a response or a chunk Struct); a chunk carries `usage` only when it is given."""
+        return kind(
+            id=self.id,
+            created=self.created,
+            model=self.svc.model.name,
+            system_fingerprint=self.svc.fingerprint,
+            choices=choices,
+            usage=usage,
+        )
+
+    def frame(self, kind: type, choices: list, usage: Usage | UnsetType = UNSET) -> bytes:
+        """The SSE event of a chunk."""
+        return sse.frame(self.body(kind, choices, usage))
 
 
 # -- request bodies --------------------------------------------------------------------------------
@@ -90,6 +115,19 @@ class StrictJSON(AbstractDTO[T], Generic[T]):
         return False
 
 
+def json_post(path: str, body: type, summary: str, tag: str) -> post:
+    """The decorator of a POST route whose JSON body `StrictJSON` decodes into the Struct `body`."""
+    return post(
+        path,
+        dto=StrictJSON[body],
+        return_dto=None,
+        status_code=200,
+        before_request=require_json,
+        summary=summary,
+        tags=[tag],
+    )
+
+
 async def require_json(request: Request) -> None:
     """before_request hook of POST routes: the body must be a non-empty JSON document."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -106,8 +144,9 @@ async def require_json(request: Request) -> None:
 # -- running a request -----------------------------------------------------------------------------
 
 
-def sse_response(events: AsyncIterator[bytes], gen: Generation) -> Stream:
-    """The SSE response; `gen` is closed (aborted if unfinished) once the response is over.
+def sse_response(frames: AsyncIterator[bytes], gen: Generation) -> Stream:
+    """The SSE response: the endpoint's `frames`, an error frame if generation fails, then [DONE];
+    `gen` is closed (aborted if unfinished) once the response is over.
 
     A client disconnect cancels the stream task wherever it waits, possibly outside the generator
     (in `send`), so the generator's own `finally` may run only when it is garbage-collected; the
@@ -116,7 +155,19 @@ def sse_response(events: AsyncIterator[bytes], gen: Generation) -> Stream:
     async def release() -> None:
         gen.close()
 
+    events = _with_error_and_done(frames, gen)
     return Stream(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS, background=BackgroundTask(release))
+
+
+async def _with_error_and_done(frames: AsyncIterator[bytes], gen: Generation) -> AsyncIterator[bytes]:
+    try:
+        async for frame in frames:
+            yield frame
+    except (GenerationFailed, APIError) as exc:
+        yield sse.error_frame(error_status(exc).body())
+    finally:
+        gen.close()
+    yield sse.DONE
 
 
 async def collect(gen: Generation, request: Request) -> list[TokenEvent]:
@@ -138,7 +189,7 @@ async def collect(gen: Generation, request: Request) -> list[TokenEvent]:
         consumer.result()  # GenerationFailed / APIError propagate
         return events
     except GenerationFailed as exc:
-        raise APIError(exc.status, exc.message, code=exc.code) from None
+        raise error_status(exc) from None
     finally:
         watcher.cancel()
         consumer.cancel()

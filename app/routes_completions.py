@@ -1,24 +1,19 @@
 """POST /v1/completions: one choice per (prompt, n); streamed as SSE or returned whole."""
 
-import time
 from collections.abc import AsyncIterator
 
-from litestar import Request, Response, post
+from litestar import Request, Response
 
 from inference.events import TokenEvent
 
-from . import sse
-from .engine_client import Generation, GenerationFailed
-from .errors import APIError
+from .engine_client import Generation
 from .protocol import CompletionChoice, CompletionChunk, CompletionRequest, CompletionResponse, Usage
 from .routes_common import (
     CompletionLogprobsBuilder,
-    Service,
-    StrictJSON,
+    Reply,
     collect,
-    error_status,
+    json_post,
     new_id,
-    require_json,
     service_of,
     sse_response,
 )
@@ -72,23 +67,15 @@ class _Choices:
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-@post(
-    "/v1/completions",
-    dto=StrictJSON[CompletionRequest],
-    return_dto=None,
-    status_code=200,
-    before_request=require_json,
-    summary="Create a completion",
-    tags=["OpenAI"],
-)
+@json_post("/v1/completions", CompletionRequest, "Create a completion", "OpenAI")
 async def create_completion(data: CompletionRequest, request: Request) -> Response[CompletionResponse]:
     svc = service_of(request)
     plan = completion_plan(data, svc.model, new_id("cmpl"))
     gen = svc.engine.submit(plan.configs)
-    created = int(time.time())
-    if plan.stream:
-        return sse_response(_stream(svc, plan, gen, created), gen)
+    reply = Reply(svc, plan.request_id)
     choices = _Choices(plan, svc.model.tokenizer)
+    if plan.stream:
+        return sse_response(_stream(plan, choices, gen, reply), gen)
     for event in await collect(gen, request):
         choices.by_index[choices.index(event)].add(event)
     out = [
@@ -100,54 +87,21 @@ async def create_completion(data: CompletionRequest, request: Request) -> Respon
         )
         for i, c in sorted(choices.by_index.items())
     ]
-    body = CompletionResponse(
-        id=plan.request_id,
-        created=created,
-        model=svc.model.name,
-        system_fingerprint=svc.fingerprint,
-        choices=out,
-        usage=choices.usage(),
-    )
-    return Response(body, status_code=200)
+    return Response(reply.body(CompletionResponse, out, choices.usage()), status_code=200)
 
 
-async def _stream(svc: Service, plan: CompletionPlan, gen: Generation, created: int) -> AsyncIterator[bytes]:
-    choices = _Choices(plan, svc.model.tokenizer)
-
-    def chunk(index: int, text: str, finish: str | None = None, logprobs=None) -> bytes:
-        return sse.frame(
-            CompletionChunk(
-                id=plan.request_id,
-                created=created,
-                model=svc.model.name,
-                system_fingerprint=svc.fingerprint,
-                choices=[CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=finish)],
-            )
-        )
-
-    try:
-        async for event in gen.events():
-            index = choices.index(event)
-            choice = choices.by_index[index]
-            text, _ = choice.add(event)
-            logprobs = choice.logprobs.take() if choice.logprobs is not None else None
-            if text or (logprobs is not None and logprobs.tokens):
-                yield chunk(index, text, logprobs=logprobs)
-            if event.finish_reason is not None:
-                yield chunk(index, "", event.finish_reason)
-        if plan.include_usage:
-            yield sse.frame(
-                CompletionChunk(
-                    id=plan.request_id,
-                    created=created,
-                    model=svc.model.name,
-                    system_fingerprint=svc.fingerprint,
-                    choices=[],
-                    usage=choices.usage(),
-                )
-            )
-    except (GenerationFailed, APIError) as exc:
-        yield sse.error_frame(error_status(exc).body())
-    finally:
-        gen.close()
-    yield sse.DONE
+async def _stream(
+    plan: CompletionPlan, choices: _Choices, gen: Generation, reply: Reply
+) -> AsyncIterator[bytes]:
+    async for event in gen.events():
+        index = choices.index(event)
+        choice = choices.by_index[index]
+        text, _ = choice.add(event)
+        logprobs = choice.logprobs.take() if choice.logprobs is not None else None
+        if text or (logprobs is not None and logprobs.tokens):
+            yield reply.frame(CompletionChunk, [CompletionChoice(index=index, text=text, logprobs=logprobs)])
+        if event.finish_reason is not None:
+            finished = CompletionChoice(index=index, text="", finish_reason=event.finish_reason)
+            yield reply.frame(CompletionChunk, [finished])
+    if plan.include_usage:
+        yield reply.frame(CompletionChunk, [], choices.usage())

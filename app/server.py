@@ -4,7 +4,7 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 
 import msgspec
-from litestar import Litestar, Request, Response, Router, get, post
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
@@ -36,7 +36,7 @@ from .protocol import (
     UserMessage,
 )
 from .routes_chat import create_chat_completion
-from .routes_common import Service, StrictJSON, require_json, service_of
+from .routes_common import Service, json_post, service_of
 from .routes_completions import create_completion
 from .settings import Settings
 from .translate import ServedModel, chat_prompt_ids
@@ -71,15 +71,7 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
 # -- tokenize (vLLM's shapes) ----------------------------------------------------------------------
 
 
-@post(
-    "/tokenize",
-    dto=StrictJSON[TokenizeRequest],
-    return_dto=None,
-    status_code=200,
-    before_request=require_json,
-    summary="Tokenize a prompt or chat messages",
-    tags=["Tokenizer"],
-)
+@json_post("/tokenize", TokenizeRequest, "Tokenize a prompt or chat messages", "Tokenizer")
 async def tokenize(data: TokenizeRequest, request: Request) -> TokenizeResponse:
     model = service_of(request).model
     model.check_name(data.model)
@@ -96,15 +88,7 @@ async def tokenize(data: TokenizeRequest, request: Request) -> TokenizeResponse:
     return TokenizeResponse(count=len(ids), max_model_len=model.context_length, tokens=ids, token_strs=strs)
 
 
-@post(
-    "/detokenize",
-    dto=StrictJSON[DetokenizeRequest],
-    return_dto=None,
-    status_code=200,
-    before_request=require_json,
-    summary="Detokenize token ids",
-    tags=["Tokenizer"],
-)
+@json_post("/detokenize", DetokenizeRequest, "Detokenize token ids", "Tokenizer")
 async def detokenize(data: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     model = service_of(request).model
     model.check_name(data.model)
