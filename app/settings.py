@@ -13,6 +13,13 @@ import msgspec
 ENV_PREFIX = "GGUF_SERVE_"
 CONFIG_ENV = "GGUF_SERVE_CONFIG"  # path of the TOML file; not a setting itself
 
+# Where config/default.toml lives: a wheel carries it inside the package (pyproject.toml maps config/ to
+# app/config/); a checkout or an editable install has it at the repository's top level, beside app/.
+DEFAULT_CONFIG_PATHS = (
+    Path(__file__).resolve().parent / "config" / "default.toml",
+    Path(__file__).resolve().parents[1] / "config" / "default.toml",
+)
+
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -53,6 +60,16 @@ _CHOICES = ("backend", "log_level")  # Literal-typed settings: an error lists th
 
 # A layer: (values, where they came from, strict types?). TOML is typed; env and CLI are text.
 Layer = tuple[dict[str, Any], str, bool]
+
+
+def default_config_path(candidates: tuple[Path, ...] = DEFAULT_CONFIG_PATHS) -> Path:
+    """config/default.toml, which documents every setting: the first candidate that exists.
+    Raises FileNotFoundError naming every path it looked at."""
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = " and ".join(map(str, candidates))
+    raise FileNotFoundError(f"default settings file not found: looked for {looked}; reinstall gguf-serve")
 
 
 def load_settings(
@@ -151,11 +168,12 @@ def _check_layer(values: dict[str, Any], source: str, strict: bool) -> dict[str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--flag` per setting (`--max-num-seqs` for max_num_seqs) plus `--config FILE`."""
+    documented = str(default_config_path()).replace("%", "%%")  # argparse %-formats help texts
     parser.add_argument(
         "--config",
         metavar="FILE",
         default=None,
-        help=f"TOML settings file (also ${CONFIG_ENV}); see config/default.toml",
+        help=f"TOML settings file (also ${CONFIG_ENV}); {documented} documents every setting",
     )
     defaults = Settings()
     for name in FIELDS:

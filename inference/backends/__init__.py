@@ -1,6 +1,7 @@
 """Compute backends: NumPy everywhere (the reference), CUDA via PyCUDA on GPU hosts."""
 
 import logging
+import shutil
 
 log = logging.getLogger("gguf_serve.backend")
 
@@ -8,7 +9,7 @@ BACKENDS = ("auto", "cuda", "numpy")
 
 
 def cuda_unavailable_reason() -> str | None:
-    """None when pycuda imports and a CUDA device exists; otherwise why not."""
+    """None when pycuda imports, a CUDA device exists and nvcc is on PATH; otherwise why not."""
     try:
         import pycuda.driver as drv  # noqa: PLC0415 - optional dependency, imported only here
     except ImportError as exc:
@@ -19,6 +20,8 @@ def cuda_unavailable_reason() -> str | None:
             return "no CUDA device found"
     except Exception as exc:  # pycuda raises its own driver errors
         return f"CUDA driver unavailable: {exc}"
+    if shutil.which("nvcc") is None:  # pycuda's SourceModule runs nvcc to build cuda/*.cu at start-up
+        return "nvcc is not on PATH; install the CUDA toolkit or add its bin/ directory to PATH"
     return None
 
 
@@ -34,7 +37,7 @@ def select_backend(name: str):
     if reason is None:
         from .cuda_backend import CudaBackend
 
-        log.info("backend: cuda (pycuda and a CUDA device are present)")
+        log.info("backend: cuda (pycuda, a CUDA device and nvcc are present)")
         return CudaBackend()
     if name == "cuda":
         from ..errors import BackendError

@@ -26,7 +26,22 @@ from ..errors import BackendError, OutOfMemoryError
 
 log = logging.getLogger("gguf_serve.backend")
 
-CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
+# Where cuda/ lives: a wheel carries it inside the package (pyproject.toml maps cuda/ to inference/cuda/);
+# a checkout or an editable install has it at the repository's top level, beside inference/.
+KERNEL_DIRS = (Path(__file__).resolve().parents[1] / "cuda", Path(__file__).resolve().parents[2] / "cuda")
+
+
+def kernel_dir(candidates: tuple[Path, ...] = KERNEL_DIRS) -> Path:
+    """The directory of the kernel sources (*.cu and common.cuh): the first candidate holding common.cuh.
+    Raises FileNotFoundError naming every directory it looked in."""
+    for d in candidates:
+        if (d / "common.cuh").is_file():
+            return d
+    looked = " and ".join(str(d / "common.cuh") for d in candidates)
+    raise FileNotFoundError(f"CUDA kernel sources not found: looked for {looked}; reinstall gguf-serve")
+
+
+CUDA_DIR = kernel_dir()  # nvcc needs a real directory for -I, so the package must be installed unzipped
 # options SourceModule gets besides include_dirs=[CUDA_DIR], arch and no_extern_c=True; the compile check
 # (tests/kernels/ptxas.py) uses exactly these
 NVCC_OPTIONS: tuple[str, ...] = ("-lineinfo",)

@@ -6,6 +6,8 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO / "Dockerfile"
+VARIANTS = ("cpu", "cuda")  # the Dockerfile's VARIANT build argument: a <variant>-base and -build stage each
 CHART = REPO / "helm" / "gguf-serve"
 HERE = Path(__file__).parent
 BROKEN = HERE / "broken"
@@ -82,3 +84,39 @@ def compose_config(compose_bin: str, compose_file: Path, *profiles: str) -> dict
     if done.returncode != 0:
         raise CheckFailed(f"docker-compose config {' '.join(profiles)} failed: {done.stderr.strip()}")
     return json.loads(done.stdout)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of the Dockerfile, continuation lines joined, comments dropped."""
+    joined, pending = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        joined.append(pending + line)
+        pending = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1].strip()) for text in joined]
+
+
+def dockerfile_stages(variant: str) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Stage name -> (its base, its instructions), for a build with VARIANT=variant (in file order)."""
+    found, current = {}, None
+    for op, args in dockerfile_instructions():
+        if op == "FROM":
+            base, _, current = args.replace("${VARIANT}", variant).split()
+            found[current] = (base, [])
+        elif current:
+            found[current][1].append((op, args))
+    return found
+
+
+def image_of(variant: str, stage: str) -> tuple[str, list[tuple[str, str]]]:
+    """The base image and every instruction (the bases' stages first) of `stage` built for `variant`."""
+    found = dockerfile_stages(variant)
+    base, steps = found[stage]
+    if base in found:
+        root, inherited = image_of(variant, base)
+        return root, inherited + steps
+    return base, steps

@@ -40,6 +40,7 @@ TOOLS = {
     "kubernetes-validate": lambda: _module("kubernetes_validate"),
     "docker-compose": lambda: _binary("docker-compose"),
     "hadolint": lambda: _binary("hadolint"),
+    "setuptools": lambda: _module("setuptools"),  # the wheel is built with --no-build-isolation
 }
 
 
@@ -63,3 +64,8 @@ def compose_bin() -> str:
 @pytest.fixture(scope="session")
 def hadolint_bin() -> str:
     return TOOLS["hadolint"]()
+
+
+@pytest.fixture(scope="session")
+def setuptools():
+    return TOOLS["setuptools"]()

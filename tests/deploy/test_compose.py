@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.checks import BROKEN, REPO, CheckFailed, compose_config
+from tests.deploy.checks import BROKEN, REPO, CheckFailed, compose_config, dockerfile_stages
 
 pytestmark = pytest.mark.needs_tool("docker-compose")
 
@@ -22,9 +22,11 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def check_server(service: dict, target: str, host_port: str) -> None:
-    assert service["build"]["target"] == target
-    assert service["image"] == f"gguf-serve:0.1.0-{target}"
+def check_server(service: dict, variant: str, host_port: str) -> None:
+    # the Dockerfile's last stage is the runtime; VARIANT picks its base and venv
+    assert service["build"]["args"] == {"VARIANT": variant} and "target" not in service["build"]
+    assert {f"{variant}-base", f"{variant}-build"} <= set(dockerfile_stages(variant))
+    assert service["image"] == f"gguf-serve:0.1.0-{variant}"
     assert service["restart"] == "unless-stopped"
     assert service["init"] is True
     assert service["environment"]["GGUF_SERVE_API_KEY"] == "change-me"  # from .env

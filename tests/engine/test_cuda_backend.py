@@ -2,10 +2,15 @@
 configurations) over the CPU emulator through tests/kernels/fake_driver.py, on tiny synthetic llama and
 qwen2 models. With pycuda and a device (marker `gpu`): greedy tokens on the real models."""
 
+import logging
+import shutil
+import sys
+import types
+
 import numpy as np
 import pytest
 
-from inference.backends import cuda_unavailable_reason
+from inference.backends import cuda_unavailable_reason, select_backend
 from inference.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, CudaBackend, SplitWeight
 from inference.backends.numpy_backend import AttentionSeq, NumpyBackend
 from inference.errors import BackendError, OutOfMemoryError
@@ -235,6 +240,61 @@ def test_real_model_over_emulator_matches_numpy(model, request):
     assert got_tokens == want_tokens
     for got, want in zip(got_logits, want_logits, strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+# ---- can the backend be used (--backend auto)? CI has no pycuda and no GPU: a stand-in pycuda.driver ---
+NO_NVCC = "nvcc is not on PATH; install the CUDA toolkit or add its bin/ directory to PATH"
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """host(devices, nvcc): pycuda reporting `devices` CUDA devices (None = pycuda not installed) and
+    `nvcc` as what shutil.which("nvcc") finds."""
+
+    def make(devices: int | None, nvcc: str | None) -> None:
+        if devices is None:
+            monkeypatch.setitem(sys.modules, "pycuda", None)  # makes `import pycuda.driver` raise
+        else:
+            drv = types.ModuleType("pycuda.driver")
+            drv.init = lambda: None
+            drv.Device = types.SimpleNamespace(count=lambda: devices)
+            monkeypatch.setitem(sys.modules, "pycuda", types.ModuleType("pycuda"))
+            monkeypatch.setattr(sys.modules["pycuda"], "driver", drv, raising=False)
+            monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+        which = shutil.which
+        monkeypatch.setattr(
+            shutil, "which", lambda name, *a, **kw: nvcc if name == "nvcc" else which(name, *a, **kw)
+        )
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("devices", "nvcc", "reason"),
+    [
+        (1, "/usr/local/cuda/bin/nvcc", None),
+        (1, None, NO_NVCC),
+        (0, "/usr/local/cuda/bin/nvcc", "no CUDA device found"),
+        (0, None, "no CUDA device found"),
+        (None, "/usr/local/cuda/bin/nvcc", "pycuda is not installed"),
+    ],
+)
+def test_cuda_unavailable_reason(host, devices, nvcc, reason):
+    host(devices, nvcc)
+    got = cuda_unavailable_reason()
+    if reason is None:
+        assert got is None
+    else:
+        assert got is not None and got.startswith(reason), got
+
+
+def test_without_nvcc_auto_takes_numpy_and_cuda_fails_naming_nvcc(host, caplog):
+    host(1, None)
+    with caplog.at_level(logging.INFO, logger="gguf_serve.backend"):
+        assert isinstance(select_backend("auto"), NumpyBackend)
+    assert f"backend: numpy ({NO_NVCC})" in caplog.messages
+    with pytest.raises(BackendError, match=f"^backend 'cuda' requested but {NO_NVCC}$"):
+        select_backend("cuda")
 
 
 # ---- on a GPU ----------------------------------------------------------------------------------------
