@@ -1,6 +1,7 @@
 """Model weights: dequantized once at load, q/k/v and gate/up fused so each layer is 4 matrix products."""
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -61,7 +62,10 @@ def load_weights(gguf: GGUFFile, config: ModelConfig, backend) -> ModelWeights:
     output = token_embd if config.tied_output else get("output.weight")
     freqs = gguf.tensors.get("rope_freqs.weight")  # llama 3.1 rope scaling: per-dimension factors
     inv_freq = rope_inv_freq(config, None if freqs is None else dequantize(freqs))
-    layers = [_load_layer(get, opt, backend, config, i) for i in range(config.num_layers)]
+    blocks = [t.n_elements for name, t in gguf.tensors.items() if name.startswith("blk.")]
+    arena = backend.layer_arena(blocks)  # each layer is placed as it loads
+    load_layer = partial(_load_layer, get, opt, backend, config)
+    layers = [arena.place(partial(load_layer, i)) for i in range(config.num_layers)]
     return ModelWeights(token_embd, layers, get("output_norm.weight"), output, inv_freq)
 
 

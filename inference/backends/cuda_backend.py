@@ -77,6 +77,14 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):,.1f} MiB"
 
 
+class KeepInPlace:
+    """The CUDA backend's layer arena: layers stay as uploaded."""
+
+    @staticmethod
+    def place(load):
+        return load()
+
+
 @dataclass
 class _Kernel:
     fn: object
@@ -358,6 +366,9 @@ class CudaBackend:
         if len({p.suffix for p in parts}) > 1:
             return SplitWeight(list(parts), n, k)
         return DeviceWeight(self._concat([p.raw for p in parts]), parts[0].suffix, n, k)
+
+    def layer_arena(self, sizes: list[int]) -> KeepInPlace:
+        return KeepInPlace()  # each weight was uploaded into its own allocation, read whole by one launch
 
     def _concat(self, parts: list[DeviceArray]) -> DeviceArray:
         # along axis 0, device to device; the parts are freed by the caller dropping them

@@ -1,5 +1,8 @@
 """NumPy backend: the reference implementation of every op, and the CPU compute path."""
 
+import ctypes
+import ctypes.util
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +12,8 @@ from ..gguf_loader import TensorInfo, dequantize
 # Up to this many rows, `(W @ x.T).T` beats `x @ W.T`: SmolLM2's four layer matrices at T = 16 take
 # 0.88 ms against 1.42 ms; from T = 64 on it loses (2.75 against 2.40 ms), on the 2-core dev VM.
 SMALL_GEMM_ROWS = 40
+ALIGN = 16  # float32 elements: arranged weights start on 64-byte (cache-line, AVX-512) boundaries
+_MALLOC_TRIM = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,38 @@ class AttentionSeq:
     query_len: int
     context_len: int  # tokens in the KV cache for this sequence, including the new ones
     block_table: np.ndarray  # [ceil(context_len / block_size)] int32
+
+
+class LayerArena:
+    """Every layer's arrays in one buffer, in the order a forward reads them (the dataclass field order).
+
+    Decode's small gemvs then stream consecutive memory: SmolLM2's 120 layer products take 15.6 ms
+    instead of 17.2 ms per token on the 2-core dev VM. Layers are placed one at a time as they load,
+    and each one's originals are freed (and given back to the OS) before the next loads.
+    """
+
+    def __init__(self, sizes: list[int]):
+        # [sum of padded sizes] float32, each array starting on a 64-byte boundary; pages are committed
+        # as they are written, so sizes may overestimate (fused arrays take one padding, not one per part)
+        self.buffer = _aligned_empty(sum(_padded(n) for n in sizes))
+        self.used = 0
+
+    def place(self, load):
+        """load() -> one layer (a dataclass); returns a copy whose arrays are views into the buffer."""
+        layer = load()
+        moved = {k: self._take(a) for k, a in vars(layer).items() if isinstance(a, np.ndarray)}
+        placed = dataclasses.replace(layer, **moved)
+        del layer  # the last reference to the originals
+        _trim_heap()
+        return placed
+
+    def _take(self, a: np.ndarray) -> np.ndarray:
+        end = self.used + a.size
+        assert end <= self.buffer.size, f"arena of {self.buffer.size} elements is full"
+        view = self.buffer[self.used : end].reshape(a.shape)
+        view[...] = a
+        self.used += _padded(a.size)
+        return view
 
 
 class NumpyBackend:
@@ -37,6 +74,10 @@ class NumpyBackend:
     def fuse(self, parts: list[np.ndarray]) -> np.ndarray:
         # stacks output rows: [N1 + N2 + ..., K] (q|k|v, gate|up) so one product serves them all
         return np.concatenate(parts)
+
+    def layer_arena(self, sizes: list[int]) -> "LayerArena":
+        # one buffer for the layers' arrays (at most these sizes), filled in the order a forward reads them
+        return LayerArena(sizes)
 
     def embed(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # table [V, D], ids [T] -> [T, D]
@@ -118,6 +159,24 @@ class NumpyBackend:
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         x += y
+
+
+def _padded(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _trim_heap() -> None:
+    # glibc keeps freed blocks below its (adaptive) mmap threshold in the heap: without this, the
+    # dequantized originals stay resident (Qwen2.5-0.5B: +0.5 GB RSS). Other C libraries: nothing to do.
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _aligned_empty(n: int) -> np.ndarray:
+    # [n] float32 starting on a 64-byte boundary (malloc'd memory is only 16-byte aligned)
+    raw = np.empty(n + ALIGN, np.float32)
+    skip = (-raw.ctypes.data % (4 * ALIGN)) // 4
+    return raw[skip : skip + n]
 
 
 def _gather(cache: np.ndarray, s: AttentionSeq) -> np.ndarray:
