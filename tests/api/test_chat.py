@@ -161,28 +161,20 @@ def test_system_developer_assistant_tool_and_parts(client, http):
 
 
 def test_seed_stop_penalties_and_extras(client):
-    a = client.chat.completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=6,
-        temperature=1.0,
-        seed=99,
-        presence_penalty=0.5,
-        frequency_penalty=0.5,
-        top_p=0.9,
-        extra_body={"top_k": 50, "min_p": 0.05, "repetition_penalty": 1.1},
-    )
-    b = client.chat.completions.create(
-        model=MODEL,
-        messages=MESSAGES,
-        max_tokens=6,
-        temperature=1.0,
-        seed=99,
-        presence_penalty=0.5,
-        frequency_penalty=0.5,
-        top_p=0.9,
-        extra_body={"top_k": 50, "min_p": 0.05, "repetition_penalty": 1.1},
-    )
+    def sampled():
+        return client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=6,
+            temperature=1.0,
+            seed=99,
+            presence_penalty=0.5,
+            frequency_penalty=0.5,
+            top_p=0.9,
+            extra_body={"top_k": 50, "min_p": 0.05, "repetition_penalty": 1.1},
+        )
+
+    a, b = sampled(), sampled()
     assert a.choices[0].message.content == b.choices[0].message.content
     text = chat(client, max_tokens=8).choices[0].message.content
     stop = text[len(text) // 2 :][:2]
