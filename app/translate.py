@@ -14,7 +14,8 @@ from .protocol import (
     DeveloperMessage,
     ImageURLPart,
     Message,
-    ResponseFormatText,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
     TextPart,
     ToolMessage,
 )
@@ -173,7 +174,7 @@ def chat_plan(req: ChatCompletionRequest, model: ServedModel, request_id: str) -
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _max_tokens(requested, len(ids), model, "messages", param)
-    config = _config(req, model, request_id, ids, sampling, max_tokens)
+    config = _config(req, model, request_id, ids, sampling, max_tokens, response_format=_response_format(req))
     return ChatPlan(request_id, config, top, req.stream, _include_usage(req))
 
 
@@ -237,14 +238,32 @@ def _check_chat_unsupported(req: ChatCompletionRequest) -> None:
     for param, used in unsupported.items():
         if used:
             raise RequestError(f"{param} is not supported by this server", param, "unsupported_parameter")
-    if req.response_format is not None and not isinstance(req.response_format, ResponseFormatText):
-        kind = type(req.response_format).__struct_config__.tag
+    if isinstance(req.response_format, ResponseFormatJSONSchema):
         raise RequestError(
-            f"response_format type '{kind}' is not supported: this server has no constrained decoding "
-            "to enforce it; only 'text' is accepted",
+            "response_format type 'json_schema' is not supported: this server does not decode against a "
+            "schema; 'text' and 'json_object' are accepted",
             "response_format",
             "unsupported_parameter",
         )
+
+
+def _response_format(req: ChatCompletionRequest) -> str:
+    """ "text" or "json_object". JSON mode needs the word JSON somewhere in the messages, as OpenAI's API
+    requires: a model that is not asked for JSON is only forced into it."""
+    if not isinstance(req.response_format, ResponseFormatJSONObject):
+        return "text"
+    texts = [m.content if isinstance(m.content, str) else _part_texts(m.content) for m in req.messages]
+    if not any("json" in t.lower() for t in texts):
+        raise RequestError(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+            "'json_object'.",
+            "messages",
+        )
+    return "json_object"
+
+
+def _part_texts(content: list | None) -> str:
+    return " ".join(p.text for p in content or () if isinstance(p, TextPart))
 
 
 # -- shared ----------------------------------------------------------------------------------------
@@ -340,6 +359,7 @@ def _config(
     sampling: SamplingParams,
     max_tokens: int,
     prompt_logprobs: int | None = None,
+    response_format: str = "text",
 ) -> AdapterForwardConfig:
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
@@ -359,6 +379,7 @@ def _config(
         stop_token_ids=tuple(req.stop_token_ids or ()),
         ignore_eos=req.ignore_eos,
         prompt_logprobs=prompt_logprobs,
+        response_format=response_format,
     )
     cfg.validate(vocab_size=model.vocab_size, context_length=model.context_length)
     return cfg

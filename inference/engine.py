@@ -8,6 +8,7 @@ from .block_manager import BlockManager
 from .errors import RequestError
 from .events import TokenEvent, TokenLogprobs
 from .forward_config import AdapterForwardConfig
+from .json_mode import JsonConstraint, JsonVocabulary
 from .model import ForwardBatch
 from .output_text import OutputText
 from .sampler import Sampler, SequenceSampling, top_logprobs
@@ -43,6 +44,7 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler()
         self._by_request: dict[str, list[Sequence]] = {}
+        self._json_vocab: JsonVocabulary | None = None  # built by the first JSON-mode request
 
     @classmethod
     def load(cls, model_path, *, backend: str = "numpy", config: EngineConfig | None = None) -> "Engine":
@@ -89,11 +91,20 @@ class Engine:
         params = cfg.sampling
         if index and params.seed is not None:  # siblings differ, yet stay reproducible
             params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
-        sampling = SequenceSampling(params, cfg.prompt_ids, self.adapter.vocab_size)
+        constraint = JsonConstraint(self._json_vocabulary()) if cfg.response_format == "json_object" else None
+        sampling = SequenceSampling(params, cfg.prompt_ids, self.adapter.vocab_size, constraint)
         text = OutputText(
             self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output
         )
         return Sequence(cfg, index, sampling, text)
+
+    def _json_vocabulary(self) -> JsonVocabulary:
+        if self._json_vocab is None:
+            tok = self.tokenizer
+            data = tok.text_token_bytes()
+            data += [None] * (self.adapter.vocab_size - len(data))  # output rows beyond the vocabulary
+            self._json_vocab = JsonVocabulary(data, tok.eog_ids)
+        return self._json_vocab
 
     def abort(self, request_id: str) -> None:
         """Drops every sequence of the request and frees its KV blocks now."""

@@ -1,6 +1,7 @@
 """AdapterForwardConfig: one request as the engine sees it (crosses the process boundary as msgpack)."""
 
 import math
+from typing import Literal
 
 import msgspec
 
@@ -68,6 +69,7 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     prompt_logprobs: int | None = None  # for completions `echo` + `logprobs`
+    response_format: Literal["text", "json_object"] = "text"  # json_object: the output is one JSON object
 
     def validate(self, *, vocab_size: int, context_length: int) -> None:
         """Raises RequestError (ContextLengthError for a too-long request), `param` set, on a bad value."""

@@ -7,6 +7,7 @@ import numpy as np
 
 from .events import Logprob, TokenLogprobs
 from .forward_config import MAX_BIAS, SamplingParams
+from .json_mode import JsonConstraint
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM); also keeps logits / T finite
 _NUCLEUS_FIRST_K = 64  # top-p looks at the k most likely tokens first, k growing 8x until the mass is reached
@@ -20,9 +21,16 @@ class SequenceSampling:
     per non-greedy step, so a sequence's tokens depend only on its seed and its own logits.
     """
 
-    def __init__(self, params: SamplingParams, prompt_ids: Sequence[int], vocab_size: int):
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt_ids: Sequence[int],
+        vocab_size: int,
+        constraint: JsonConstraint | None = None,
+    ):
         self.params = params
         self.vocab_size = vocab_size
+        self.constraint = constraint  # JSON mode: which tokens may come next
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % (1 << 64))
         self.output_counts: dict[int, int] = {}  # output token id -> times generated
         ids = np.fromiter(params.logit_bias.keys(), np.int64, len(params.logit_bias))
@@ -42,6 +50,8 @@ class SequenceSampling:
     def record(self, token_id: int) -> None:
         """Appends one output token to the counts (call after each sampled token)."""
         self.output_counts[token_id] = self.output_counts.get(token_id, 0) + 1
+        if self.constraint is not None:
+            self.constraint.advance(token_id)
         if self._seen is not None and not self._seen[token_id]:
             self._seen[token_id] = True
             self.seen_ids = np.append(self.seen_ids, token_id)
@@ -60,8 +70,10 @@ class Sampler:
       1. logit_bias is added (-100 bans the token: -inf);
       2. repetition penalty on tokens of prompt + output (positive logits / p, negative * p);
       3. frequency and presence penalties on output tokens (OpenAI: l - c * f - (c > 0) * p);
-      4. temperature < 1e-5: argmax of these logits (ties: lowest id), no random number used;
-      5. otherwise logits / temperature -> min_p -> top_k -> top_p -> one draw from the row's Generator.
+      4. JSON mode: tokens that cannot continue the JSON get -inf; should logit_bias have banned every
+         token that can, the most likely of those by the raw logits is kept (the format outranks bias);
+      5. temperature < 1e-5: argmax of these logits (ties: lowest id), no random number used;
+      6. otherwise logits / temperature -> min_p -> top_k -> top_p -> one draw from the row's Generator.
     """
 
     def sample(self, logits: np.ndarray, states: Sequence[SequenceSampling]) -> list[SampledToken]:
@@ -81,11 +93,13 @@ class Sampler:
 
 
 def process_logits(logits: np.ndarray, states: Sequence[SequenceSampling]) -> np.ndarray:
-    """A float32 copy of `logits` [B, V] with logit_bias, then repetition, frequency, presence penalties."""
+    """A float32 copy of `logits` [B, V] with logit_bias, repetition, frequency, presence penalties and the
+    JSON-mode mask applied."""
     x = np.array(logits, dtype=np.float32, copy=True)  # [B, V]
     _apply_logit_bias(x, states)
     _apply_repetition_penalty(x, states)
     _apply_frequency_presence(x, states)
+    _apply_constraints(x, logits, states)
     return x
 
 
@@ -120,6 +134,18 @@ def _apply_frequency_presence(x: np.ndarray, states: Sequence[SequenceSampling])
     freq = np.array([s.params.frequency_penalty for s in states], np.float32)[rows]
     presence = np.array([s.params.presence_penalty for s in states], np.float32)[rows]
     x[rows, cols] -= counts * freq + presence  # every counted token occurs at least once
+
+
+def _apply_constraints(x: np.ndarray, logits: np.ndarray, states: Sequence[SequenceSampling]) -> None:
+    for i, s in enumerate(states):
+        if s.constraint is None:
+            continue
+        allowed = s.constraint.allowed()  # [V] bool
+        x[i, ~allowed] = -np.inf
+        if not np.isfinite(x[i]).any():  # logit_bias banned all that may come: keep the likeliest of those
+            ids = np.flatnonzero(allowed)
+            best = ids[np.argmax(logits[i, ids])]
+            x[i, best] = logits[i, best]
 
 
 # -- random sampling (argmax-invariant filters), row by row -----------------------------------------

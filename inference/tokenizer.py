@@ -107,6 +107,7 @@ class Tokenizer:
         self._spm_prefix = vocab.add_space_prefix
         self._normal = (vocab.types == TokenType.NORMAL).tobytes()  # [vocab] 0/1
         self._skipped = frozenset(vocab.ids_of(*SKIPPED_TYPES))
+        self._byte_ids = frozenset(vocab.ids_of(TokenType.BYTE))
         self._engine = _build_engine(vocab, self._bytes)
 
     @classmethod
@@ -164,6 +165,12 @@ class Tokenizer:
         """The raw bytes of one token (a special token's bytes are its text)."""
         self._check_ids((token_id,))
         return self._bytes[token_id]
+
+    def text_token_bytes(self) -> list[bytes | None]:
+        """[vocab] the bytes of every token that stands for text (normal and byte tokens); None for the
+        others (control, user-defined, unknown, unused), which are never part of generated text."""
+        text = [bool(n) or i in self._byte_ids for i, n in enumerate(self._normal)]
+        return [data if t else None for t, data in zip(text, self._bytes, strict=True)]
 
     def token_text(self, token_id: int) -> str:
         """Display text of one token; one that is not complete UTF-8 shows as "bytes:\\xNN..." (OpenAI)."""

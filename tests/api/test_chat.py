@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from inference.json_mode import INITIAL, run
+
 from .conftest import MODEL, sse_data
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -186,3 +188,31 @@ def test_response_format_text_and_logit_bias(client, http):
     (token,) = http.post("/tokenize", json={"prompt": " Paris"}).json()["tokens"]
     r = chat(client, max_tokens=2, response_format={"type": "text"}, logit_bias={str(token): 100})
     assert r.choices[0].message.content == " Paris Paris"
+
+
+JSON_MESSAGES = [
+    {"role": "system", "content": "You answer in JSON."},
+    {"role": "user", "content": "Give the capital and population of France as a JSON object."},
+]
+
+
+def test_json_object_mode_through_the_client(client):
+    """response_format json_object: each of n sampled choices that stops is one JSON object; greedy
+    streamed text equals the non-streamed text."""
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=JSON_MESSAGES,
+        max_tokens=64,
+        n=4,
+        temperature=1.0,
+        seed=11,
+        response_format={"type": "json_object"},
+    )
+    stopped = [c.message.content for c in r.choices if c.finish_reason == "stop"]
+    assert len(stopped) >= 2 and all(isinstance(json.loads(text), dict) for text in stopped)
+    greedy = dict(model=MODEL, messages=JSON_MESSAGES, max_tokens=24, temperature=0)
+    whole = client.chat.completions.create(**greedy, response_format={"type": "json_object"})
+    stream = client.chat.completions.create(**greedy, response_format={"type": "json_object"}, stream=True)
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert streamed == whole.choices[0].message.content
+    assert run(INITIAL, streamed.encode()) is not None  # cut by max_tokens, yet a JSON object so far

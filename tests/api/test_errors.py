@@ -94,9 +94,9 @@ CASES = [
         CHAT,
         chat(response_format={"type": "json_object"}),
         400,
-        "response_format",
-        "unsupported_parameter",
-        "no constrained decoding",
+        "messages",
+        None,
+        "must contain the word 'json'",
     ),
     (
         CHAT,

@@ -292,6 +292,22 @@ def test_chat_parameters(model):
     assert plan.top_logprobs == 4 and plan.include_usage and plan.stream
 
 
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "Reply in JSON."}],
+        [{"role": "system", "content": "Answer as json"}, {"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": [{"type": "text", "text": "a Json object"}]}],
+    ],
+)
+def test_chat_json_object_mode(model, messages):
+    plan = chat_plan(chat(messages=messages, response_format={"type": "json_object"}), model, "c")
+    assert plan.config.response_format == "json_object"
+    assert chat_plan(chat(messages=messages), model, "c").config.response_format == "text"
+    text = chat(messages=messages, response_format={"type": "text"})
+    assert chat_plan(text, model, "c").config.response_format == "text"
+
+
 def test_chat_logprobs_without_top(model):
     plan = chat_plan(chat(logprobs=True, max_tokens=3), model, "c")
     assert plan.top_logprobs == 0 and plan.config.sampling.logprobs == 0 and plan.config.max_tokens == 3
@@ -306,7 +322,7 @@ def test_chat_logprobs_without_top(model):
         ({"function_call": "auto"}, "function_call", "not supported"),
         ({"audio": {"voice": "x"}}, "audio", "not supported"),
         ({"modalities": ["text", "audio"]}, "modalities", "not supported"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "no constrained decoding"),
+        ({"response_format": {"type": "json_object"}}, "messages", "must contain the word 'json'"),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", "json_schema"),
         ({"top_logprobs": 2}, "top_logprobs", "requires logprobs"),
         ({"n": 9}, "n", "max_num_seqs"),

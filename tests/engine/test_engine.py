@@ -183,3 +183,41 @@ def test_invalid_requests_are_rejected_before_running(smol, change, param):
         engine.add_request(AdapterForwardConfig(**{**base, **change}))
     assert err.value.param == param
     assert not engine.has_unfinished()
+
+
+def json_request(smol, rid: str, **kw) -> AdapterForwardConfig:
+    messages = [
+        {"role": "system", "content": "You answer in JSON."},
+        {"role": "user", "content": "Give the capital and population of France as a JSON object."},
+    ]
+    ids = smol.tokenizer.encode(smol.chat_template.render(messages), allow_special=True, add_bos=False)
+    return AdapterForwardConfig(
+        request_id=rid, prompt_ids=tuple(ids), max_tokens=64, response_format="json_object", **kw
+    )
+
+
+def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
+    """n = 4 sampled choices and a greedy one, first alone, then together in a cache small enough to
+    preempt: the same tokens, each output an object prefix, and every "stop" a parsed JSON object."""
+    import json
+
+    from inference.json_mode import DONE, INITIAL
+    from inference.json_mode import run as recognize
+
+    sampled = dict(n=4, sampling=SamplingParams(temperature=1.0, seed=11))
+    alone = {}
+    for rid, kw in (("s", sampled), ("g", {"sampling": GREEDY})):
+        alone |= run(Engine(smol, EngineConfig(kv_cache_tokens=2048)), [json_request(smol, rid, **kw)])
+    tight = Engine(smol, EngineConfig(max_num_seqs=5, block_size=4, kv_cache_tokens=4 * 32))
+    together = run(tight, [json_request(smol, "s", **sampled), json_request(smol, "g", sampling=GREEDY)])
+    assert together == alone and tight.stats().preemptions > 0
+    parsed = 0
+    for ids in alone.values():
+        done = ids[-1] in smol.tokenizer.eog_ids
+        text = smol.tokenizer.decode(ids[:-1] if done else ids)
+        state = recognize(INITIAL, text.encode())
+        assert state is not None and (state.mode == DONE) == done, text
+        if done:
+            assert isinstance(json.loads(text), dict)
+            parsed += 1
+    assert parsed >= 2

@@ -338,3 +338,33 @@ def test_sampling_distribution_matches_the_probabilities(params, expected):
     want = expected[allowed] * counts.sum()
     chi2 = ((counts[allowed] - want) ** 2 / want).sum()
     assert chi2 < 25.0, (counts, want)
+
+
+# -- JSON mode ------------------------------------------------------------------------------------------
+
+TINY_JSON = [b"{", b"}", b"x", b' "', b"{}", None]  # id 5: end of generation
+
+
+def json_state(params: SP) -> SequenceSampling:
+    from inference.json_mode import JsonConstraint, JsonVocabulary
+
+    return SequenceSampling(params, PROMPT, len(TINY_JSON), JsonConstraint(JsonVocabulary(TINY_JSON, [5])))
+
+
+@pytest.mark.parametrize("params", [SP(temperature=0.0), SP(temperature=1.5, seed=3)])
+def test_json_mode_samples_only_what_continues_the_object(params):
+    logits = np.array([[0, 0, 9, 0, 0, 9]], np.float32)  # "x" and EOG are the model's favourites
+    s = json_state(params)
+    first = SAMPLER.sample(logits, [s])[0].token_id
+    assert first in (0, 4)  # "{" or "{}"
+    s.record(first)
+    rest = {0: {1, 3}, 4: {5}}[first]  # after "{": "}" or ' "'; after "{}": only EOG
+    assert SAMPLER.sample(logits, [s])[0].token_id in rest
+
+
+def test_json_mode_outranks_a_logit_bias_that_bans_every_allowed_token():
+    logits = np.array([[1.0, 0, 5, 0, 2.0, 0]], np.float32)
+    s = json_state(SP(temperature=0.0, logit_bias={0: -100, 4: -100}))
+    picked = SAMPLER.sample(logits, [s])[0]
+    assert picked.token_id == 4  # the likelier of the two allowed tokens by the raw logits
+    assert picked.logprobs is None
