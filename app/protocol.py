@@ -1,6 +1,6 @@
 """The OpenAI API (and vLLM's tokenize extras) as msgspec Structs; decoding checks types and ranges."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -26,6 +26,15 @@ TokenId = Annotated[int, Meta(ge=0)]
 class _Strict(Struct, kw_only=True, forbid_unknown_fields=True):
     """Requests reject unknown fields: a misspelt parameter is an error, never silently ignored."""
 
+    # fields OpenAI documents as nullable whose null means "the default" (the openai client sends
+    # `n=None` as null); after decoding they hold the default
+    _null_is_default: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for field in msgspec.structs.fields(self):
+            if field.name in self._null_is_default and getattr(self, field.name) is None:
+                setattr(self, field.name, field.default)
+
 
 class StreamOptions(_Strict, kw_only=True):
     include_usage: bool = False
@@ -34,9 +43,11 @@ class StreamOptions(_Strict, kw_only=True):
 class _Sampling(_Strict, kw_only=True):
     """Parameters both endpoints share (OpenAI's, then vLLM's extras)."""
 
+    _null_is_default = ("n", "stream")
+
     model: str
-    n: N = 1
-    stream: bool = False
+    n: N | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: Stop | None = None
     temperature: Temperature | None = None  # None = 1.0
@@ -57,11 +68,13 @@ class _Sampling(_Strict, kw_only=True):
 class CompletionRequest(_Sampling, kw_only=True):
     """POST /v1/completions."""
 
+    _null_is_default = ("n", "stream", "echo")
+
     # A string, strings, token ids, or lists of token ids; element types are checked in translate.
     prompt: str | list[str | int | list[int]]
     max_tokens: MaxTokens | None = 16  # None = up to the context length
     logprobs: Annotated[int, Meta(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
-    echo: bool = False
+    echo: bool | None = False
     # Known but not supported: a request that sets them gets 400 naming them.
     suffix: str | None = None
     best_of: int | None = None
@@ -143,10 +156,12 @@ ResponseFormat = ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJ
 class ChatCompletionRequest(_Sampling, kw_only=True):
     """POST /v1/chat/completions."""
 
+    _null_is_default = ("n", "stream", "logprobs")
+
     messages: Annotated[list[Message], Meta(min_length=1)]
     max_tokens: MaxTokens | None = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: MaxTokens | None = None  # None (both) = up to the context length
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: ResponseFormat | None = None
     # Known but not supported (until tool calling is): set, they get 400 naming them.

@@ -191,6 +191,11 @@ def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
     out = []
     for i, m in enumerate(messages):
         role = "system" if isinstance(m, DeveloperMessage) else type(m).__struct_config__.tag
+        if isinstance(m, AssistantMessage) and m.content is None and not m.tool_calls:
+            raise RequestError(
+                f"messages[{i}]: an assistant message needs content or tool_calls; both are missing",
+                f"messages[{i}].content",
+            )
         item: dict[str, Any] = {"role": role, "content": _content(m.content, i)}
         if getattr(m, "name", None) is not None:
             item["name"] = m.name

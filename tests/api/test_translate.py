@@ -64,7 +64,7 @@ MSG = [{"role": "user", "content": "Hi"}]
     ("body", "param", "words"),
     [
         ({"model": "m", "messages": MSG, "temprature": 1}, "temprature", "unrecognized request argument"),
-        ({"model": "m", "messages": MSG, "n": "2"}, "n", "Expected `int`, got `str`"),
+        ({"model": "m", "messages": MSG, "n": "2"}, "n", "Expected `int | null`, got `str`"),
         ({"model": "m", "messages": MSG, "temperature": 3}, "temperature", "<= 2.0"),
         (
             {"model": "m", "messages": [{"role": "robot", "content": "x"}]},
@@ -98,6 +98,21 @@ def test_decoding_errors_name_the_parameter(body, param, words):
     err = request_error_from_msgspec(_decode_error(body))
     assert err.param == param
     assert words in err.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "expected"),
+    [
+        (ChatCompletionRequest, {"messages": MSG, "n": None, "stream": None, "logprobs": None}, (1, False)),
+        (CompletionRequest, {"prompt": "x", "n": None, "stream": None, "echo": None}, (1, False)),
+        (CompletionRequest, {"prompt": "x", "n": 3, "stream": True, "echo": True}, (3, True)),
+    ],
+)
+def test_nullable_openai_fields_take_their_default(kind, body, expected):
+    """OpenAI documents n, stream, echo and chat logprobs as "or null"; the openai client sends None so."""
+    req = msgspec.json.decode(json.dumps({"model": "m", **body}), type=kind)
+    flag = req.logprobs if kind is ChatCompletionRequest else req.echo
+    assert (req.n, req.stream) == expected and flag is expected[1]
 
 
 def _decode_error(body):
@@ -325,6 +340,11 @@ def test_chat_logprobs_without_top(model):
         ({"response_format": {"type": "json_object"}}, "messages", "must contain the word 'json'"),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", "json_schema"),
         ({"top_logprobs": 2}, "top_logprobs", "requires logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}]},
+            "messages[1].content",
+            "needs content or tool_calls",
+        ),
         ({"n": 9}, "n", "max_num_seqs"),
         ({"max_tokens": 3, "max_completion_tokens": 3}, "max_tokens", "not both"),
         ({"max_completion_tokens": 8190}, "messages", "in the messages"),
