@@ -195,3 +195,16 @@ def test_advance_rejects_a_token_the_mask_bans(vocab, tokenizer):
     assert not c.allowed()[bad]
     with pytest.raises(ValueError, match="does not continue the JSON"):
         c.advance(bad)
+
+
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "qwen2", "llama-bpe"])
+def test_other_vocabularies_accept_their_own_tokenisations(llama_cpp_models, name):
+    """SentencePiece ("▁" spaces, <0xNN> byte tokens) and other byte-level BPE vocabularies."""
+    tok = Tokenizer.from_metadata(read_metadata(llama_cpp_models / f"ggml-vocab-{name}.gguf"))
+    vocab = JsonVocabulary(tok.text_token_bytes(), tok.eog_ids)
+    for indent in (None, 2):
+        c = JsonConstraint(vocab)
+        for t in tok.encode(json.dumps(DOCS[4] | DOCS[3], indent=indent, ensure_ascii=False), add_bos=False):
+            assert c.allowed()[t], (name, tok.token_bytes(t), c.state)
+            c.advance(t)
+        assert c.complete
