@@ -101,6 +101,12 @@ class Engine:
     def _json_vocabulary(self) -> JsonVocabulary:
         if self._json_vocab is None:
             tok = self.tokenizer
+            if not tok.eog_ids:
+                raise RequestError(
+                    "response_format json_object needs an end-of-generation token to end the object, and "
+                    "this model's vocabulary has none",
+                    "response_format",
+                )
             data = tok.text_token_bytes()
             data += [None] * (self.adapter.vocab_size - len(data))  # output rows beyond the vocabulary
             self._json_vocab = JsonVocabulary(data, tok.eog_ids)

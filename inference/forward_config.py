@@ -82,6 +82,12 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
         self._validate_stop(vocab_size)
         if self.prompt_logprobs is not None:
             _check_range("prompt_logprobs", self.prompt_logprobs, 0, MAX_LOGPROBS)
+        if self.ignore_eos and self.response_format == "json_object":
+            raise RequestError(
+                "ignore_eos cannot be combined with response_format json_object: the output ends with the "
+                "JSON object",
+                "ignore_eos",
+            )
 
     def _validate_prompt(self, vocab_size: int) -> None:
         if not self.prompt_ids:

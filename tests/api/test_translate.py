@@ -338,6 +338,15 @@ def test_chat_logprobs_without_top(model):
         ({"audio": {"voice": "x"}}, "audio", "not supported"),
         ({"modalities": ["text", "audio"]}, "modalities", "not supported"),
         ({"response_format": {"type": "json_object"}}, "messages", "must contain the word 'json'"),
+        (
+            {
+                "response_format": {"type": "json_object"},
+                "ignore_eos": True,
+                "messages": [MSG[0] | {"content": "json"}],
+            },
+            "ignore_eos",
+            "cannot be combined",
+        ),
         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", "json_schema"),
         ({"top_logprobs": 2}, "top_logprobs", "requires logprobs"),
         (

@@ -1,5 +1,6 @@
 """Continuous batching on the real SmolLM2-135M: batched, chunked and preempted runs equal solo runs."""
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -221,3 +222,18 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
             assert isinstance(json.loads(text), dict)
             parsed += 1
     assert parsed >= 2
+
+
+def test_json_mode_needs_an_end_of_generation_token(tmp_path):
+    from inference.adapter import InferenceAdapter
+    from tests.unit.gguf_fixtures import write_tiny_model
+
+    adapter = InferenceAdapter.load(write_tiny_model(tmp_path / "m.gguf"))
+    adapter.tokenizer.eog_ids = frozenset()  # a vocabulary without one
+    engine = Engine(adapter, EngineConfig(kv_cache_tokens=256))
+    request = AdapterForwardConfig(request_id="j", prompt_ids=(1, 2), response_format="json_object")
+    with pytest.raises(RequestError, match="needs an end-of-generation token") as info:
+        engine.add_request(request)
+    assert info.value.param == "response_format" and not engine.has_unfinished()
+    engine.add_request(msgspec.structs.replace(request, response_format="text"))  # text mode still runs
+    assert engine.has_unfinished()

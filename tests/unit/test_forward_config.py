@@ -24,6 +24,12 @@ BAD = [  # (request fields, sampling fields, param, message fragment)
     ({"prompt_ids": (1, 1000, 2)}, {}, "prompt", "prompt token id 1000 at position 1 is outside"),
     ({"prompt_ids": (5, 6, -1)}, {}, "prompt", "prompt token id -1 at position 2"),
     ({"max_tokens": 0}, {}, "max_tokens", "max_tokens = 0 must be at least 1"),
+    (
+        {"ignore_eos": True, "response_format": "json_object"},
+        {},
+        "ignore_eos",
+        "cannot be combined with response_format json_object",
+    ),
     ({"max_tokens": -5}, {}, "max_tokens", "max_tokens = -5"),
     ({"n": 0}, {}, "n", "n = 0 is less than the minimum of 1"),
     ({"n": 129}, {}, "n", "n = 129 is greater than the maximum of 128"),
