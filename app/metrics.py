@@ -63,12 +63,14 @@ class Metrics:
         self.kv_blocks_used = 0
         self.kv_blocks_total = 0
         self.preemptions = 0
+        self.cached_prompt_tokens = 0
         self.in_flight = 0  # requests admitted by the API process and not finished
 
     def set_engine_stats(self, stats) -> None:
         self.running, self.waiting = stats.running, stats.waiting
         self.kv_blocks_used, self.kv_blocks_total = stats.kv_blocks_used, stats.kv_blocks_total
         self.preemptions = stats.preemptions
+        self.cached_prompt_tokens = stats.cached_prompt_tokens
 
     def render(self) -> str:
         out: list[str] = []
@@ -115,6 +117,12 @@ class Metrics:
                 self.preemptions,
             ),
             ("counter", "prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens),
+            (
+                "counter",
+                "prefix_cache_hit_tokens_total",
+                "Prompt tokens whose KV came from the prefix cache instead of being computed.",
+                self.cached_prompt_tokens,
+            ),
             ("counter", "generation_tokens_total", "Tokens generated.", self.generation_tokens),
         ]
 

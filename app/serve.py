@@ -105,6 +105,7 @@ def build(settings: Settings) -> tuple[DrainingServer, EngineClient]:
             "max_num_batched_tokens": settings.max_num_batched_tokens,
             "block_size": settings.block_size,
             "kv_cache_tokens": settings.kv_cache_tokens,
+            "prefix_caching": settings.prefix_caching,
         },
     )
     app = create_app(settings, model, engine, metrics)

@@ -42,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_num_batched_tokens: PositiveInt = 512
     kv_cache_tokens: PositiveInt = 32768
     block_size: PositiveInt = 16
+    prefix_caching: bool = True
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     request_timeout_s: PositiveFloat = 600.0
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
@@ -199,6 +200,7 @@ _HELP = {  # one line each for --help; config/default.toml explains every settin
     "max_num_batched_tokens": "tokens per forward pass",
     "kv_cache_tokens": "KV-cache capacity in tokens",
     "block_size": "tokens per KV-cache block",
+    "prefix_caching": "reuse the KV of earlier prompts' full blocks (true | false)",
     "max_body_bytes": "largest request body (413 beyond)",
     "request_timeout_s": "abort a request running longer than this",
     "shutdown_grace_s": "drain time after SIGTERM",

@@ -21,6 +21,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_num_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
     block_size: int = 16  # token slots per KV block
     kv_cache_tokens: int = 32768  # total KV slots; blocks = kv_cache_tokens // block_size
+    prefix_caching: bool = True  # full blocks of finished sequences keep their KV for later prompts
 
 
 class EngineStats(msgspec.Struct, kw_only=True):
@@ -29,6 +30,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_blocks_used: int
     kv_blocks_total: int
     preemptions: int
+    cached_prompt_tokens: int  # prompt tokens whose KV the prefix cache supplied, since start
 
 
 class Engine:
@@ -40,7 +42,7 @@ class Engine:
         self.config = config
         num_blocks = config.kv_cache_tokens // config.block_size
         self.kv = adapter.new_kv_cache(num_blocks, config.block_size)
-        self.blocks = BlockManager(num_blocks, config.block_size)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler()
         self._by_request: dict[str, list[Sequence]] = {}
@@ -131,6 +133,7 @@ class Engine:
             kv_blocks_used=self.blocks.num_used,
             kv_blocks_total=self.blocks.num_blocks,
             preemptions=self.scheduler.num_preemptions,
+            cached_prompt_tokens=self.scheduler.num_cached_tokens,
         )
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -188,6 +191,7 @@ class Engine:
             prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if self._wants_prompt_lp(s) else None
             completes = item.completes  # read before num_computed moves
             s.num_computed += item.num_tokens
+            self.scheduler.register_computed(s)
             if prompt_lp is not None:
                 s.prompt_lp = (s.prompt_lp or [None]) + prompt_lp  # token 0 has no logprob
             if not completes:

@@ -27,6 +27,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.num_cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -49,18 +50,42 @@ class Scheduler:
             budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            n = min(seq.num_pending, budget)
             if len(self.running) + self._group_size(seq) > self.max_num_seqs:
                 break
+            self._take_cached_prefix(seq)
+            n = min(seq.num_pending, budget)
             if not self.blocks.can_grow(seq.block_table, seq.num_computed + n):
+                self.blocks.free(seq.block_table)  # back to waiting as it was
+                seq.num_computed = seq.num_registered = 0
                 break
             self.waiting.popleft()
+            self.num_cached_tokens += seq.num_computed  # all of it from the cache, at admission
             self.blocks.grow(seq.block_table, seq.num_computed + n)
             seq.status = Status.RUNNING
             self.running.append(seq)
             out.append(Scheduled(seq, n, []))
             budget -= n
         return out
+
+    def _take_cached_prefix(self, seq: Sequence) -> None:
+        """A sequence about to start: its leading full blocks found in the prefix cache count as computed.
+        The last token is always run, since its logits give the next token."""
+        if seq.num_computed or seq.block_table or not seq.prefix_cacheable:
+            return
+        bs = self.blocks.block_size
+        seq.block_table = self.blocks.lookup(seq.block_hashes((seq.num_tokens - 1) // bs, bs))
+        seq.num_registered = len(seq.block_table)
+        seq.num_computed = len(seq.block_table) * bs
+
+    def register_computed(self, seq: Sequence) -> None:
+        """Puts the sequence's newly completed full blocks into the prefix cache."""
+        full = seq.num_computed // self.blocks.block_size
+        if full <= seq.num_registered or not self.blocks.prefix_caching:
+            return
+        hashes = seq.block_hashes(full, self.blocks.block_size)
+        for i in range(seq.num_registered, full):
+            self.blocks.register(seq.block_table[i], hashes[i])
+        seq.num_registered = full
 
     @staticmethod
     def _group_size(seq: Sequence) -> int:
@@ -97,6 +122,7 @@ class Scheduler:
         """Child shares the parent's computed KV blocks and runs beside it."""
         child.block_table = self.blocks.share(parent.block_table)
         child.num_computed = parent.num_computed
+        child.hashes, child.num_registered = list(parent.hashes), parent.num_registered
         child.status = Status.RUNNING
         self.running.append(child)
 

@@ -3,6 +3,7 @@
 import enum
 import itertools
 
+from .block_manager import BlockHash, block_hashes
 from .forward_config import AdapterForwardConfig
 from .output_text import OutputText
 
@@ -31,6 +32,8 @@ class Sequence:
         self.followers: list[Sequence] = []  # n > 1: siblings forked from this one after prefill
         self.prompt_logprobs_sent = False
         self.prompt_lp: list | None = None  # prompt logprobs gathered over prefill chunks
+        self.hashes: list[BlockHash] = []  # prefix-cache hashes of token_ids' full blocks, as far as needed
+        self.num_registered = 0  # leading blocks of block_table registered in the prefix cache
 
     @property
     def request_id(self) -> str:
@@ -49,9 +52,24 @@ class Sequence:
         """Tokens still to run through the model before the next token can be sampled."""
         return self.num_tokens - self.num_computed
 
+    def block_hashes(self, num_blocks: int, block_size: int) -> list[BlockHash]:
+        """Hashes of the first num_blocks full blocks of token_ids (computed once, extended on demand)."""
+        if len(self.hashes) < num_blocks:
+            parent = self.hashes[-1] if self.hashes else b""
+            head = self.token_ids[: num_blocks * block_size]
+            self.hashes += block_hashes(head, block_size, start=len(self.hashes), parent=parent)
+        return self.hashes[:num_blocks]
+
+    @property
+    def prefix_cacheable(self) -> bool:
+        """Whether computed KV may be taken from the cache: not while every prompt position's logits
+        are still wanted (prompt logprobs)."""
+        return self.request.prompt_logprobs is None or self.prompt_logprobs_sent
+
     def reset_for_recompute(self) -> None:
         """After preemption: the KV blocks are gone; prompt + output so far will be prefilled again."""
         self.num_computed = 0
+        self.num_registered = 0
         self.status = Status.WAITING
         if not self.prompt_logprobs_sent:
             self.prompt_lp = None

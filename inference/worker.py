@@ -48,6 +48,7 @@ class WorkerStats(msgspec.Struct):
     kv_blocks_used: int
     kv_blocks_total: int
     preemptions: int
+    cached_prompt_tokens: int
 
 
 class WorkerReady(msgspec.Struct, tag="ready"):
@@ -149,7 +150,9 @@ class Worker:
 
 def _stats(engine) -> WorkerStats:
     s = engine.stats()
-    return WorkerStats(s.running, s.waiting, s.kv_blocks_used, s.kv_blocks_total, s.preemptions)
+    return WorkerStats(
+        s.running, s.waiting, s.kv_blocks_used, s.kv_blocks_total, s.preemptions, s.cached_prompt_tokens
+    )
 
 
 def run(

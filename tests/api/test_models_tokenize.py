@@ -90,3 +90,21 @@ def test_openapi_schema_lists_routes_and_request_bodies(http):
     ]
     assert {"model", "prompt"} <= set(completion["required"])
     assert {"max_tokens", "logprobs", "echo", "stop", "n", "stream"} <= set(completion["properties"])
+
+
+def test_prefix_cache_hits_are_counted_and_change_no_output(http):
+    """The same long prompt twice: the second run takes its full blocks from the cache (the metric
+    grows by them) and answers the same."""
+    prompt = "A long shared system prompt that many requests repeat word for word. " * 8
+
+    def hits() -> float:
+        name = "gguf_serve_prefix_cache_hit_tokens_total "
+        return float(next(x for x in http.get("/metrics").text.splitlines() if x.startswith(name)).split()[1])
+
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 6, "temperature": 0}
+    first = http.post("/v1/completions", json=body).json()
+    before = hits()
+    second = http.post("/v1/completions", json=body).json()
+    n_prompt = first["usage"]["prompt_tokens"]
+    assert hits() - before == (n_prompt - 1) // 16 * 16  # the test server's block_size is 16
+    assert second["choices"][0]["text"] == first["choices"][0]["text"]

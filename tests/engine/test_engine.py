@@ -1,5 +1,7 @@
 """Continuous batching on the real SmolLM2-135M: batched, chunked and preempted runs equal solo runs."""
 
+import os
+
 import msgspec
 import numpy as np
 import pytest
@@ -237,3 +239,54 @@ def test_json_mode_needs_an_end_of_generation_token(tmp_path):
     assert info.value.param == "response_format" and not engine.has_unfinished()
     engine.add_request(msgspec.structs.replace(request, response_format="text"))  # text mode still runs
     assert engine.has_unfinished()
+
+
+LONG = "You are a careful assistant. " * 12  # ~72 tokens, several 16-token blocks
+
+
+def test_prefix_cache_skips_the_shared_prompt_and_changes_no_token(smol):
+    """A second request that repeats a finished one's prompt (plus more) computes only what is new;
+    greedy tokens equal those of an engine without the cache, also when blocks get evicted."""
+    prompts = [LONG + "Name a colour.", LONG + "Name a colour. Then a fruit.", LONG + "Count to five."]
+    configs = [cfg(smol, i, p, max_tokens=8) for i, p in enumerate(prompts)]
+    plain = Engine(smol, EngineConfig(prefix_caching=False))
+    expected = {c.request_id: run(plain, [c])[(c.request_id, 0)] for c in configs}
+    assert plain.stats().cached_prompt_tokens == 0
+    cached = Engine(smol, EngineConfig(block_size=16))
+    got = {}
+    for c in configs:
+        before = cached.stats().cached_prompt_tokens
+        got[c.request_id] = run(cached, [c])[(c.request_id, 0)]
+        hit = cached.stats().cached_prompt_tokens - before
+        shared = len(os.path.commonprefix([list(c.prompt_ids), list(configs[0].prompt_ids)]))
+        assert hit == (0 if c is configs[0] else min(shared, len(c.prompt_ids) - 1) // 16 * 16)
+    assert got == expected and cached.stats().kv_blocks_used == 0
+
+
+def test_prefix_cache_forgets_blocks_that_were_reused(smol):
+    """8 blocks: the second prompt overwrites blocks the first left cached; when the first prompt comes
+    again, only its blocks still intact may be taken from the cache."""
+    first = cfg(
+        smol, 0, LONG + "Name a colour, then a fruit, then a vegetable, then a tree. " * 2, max_tokens=8
+    )
+    second = cfg(smol, 1, LONG + "Count to five in French, German, Spanish and Italian. " * 2, max_tokens=8)
+    plain = Engine(smol, EngineConfig(prefix_caching=False))
+    expected = {c.request_id: run(plain, [c])[(c.request_id, 0)] for c in (first, second)}
+    assert -(-(len(first.prompt_ids) + 8) // 16) <= 8 and len(first.prompt_ids) > 6 * 16
+    tight = Engine(smol, EngineConfig(block_size=16, kv_cache_tokens=16 * 8))
+    again = msgspec.structs.replace(first, request_id="again")
+    outputs = {c.request_id: run(tight, [c])[(c.request_id, 0)] for c in (first, second, again)}
+    assert outputs == expected | {"again": expected[first.request_id]}
+    assert tight.stats().cached_prompt_tokens >= 2 * 4 * 16  # LONG's 4 blocks, twice at least
+
+
+def test_prefix_cache_is_not_used_while_prompt_logprobs_are_wanted(smol):
+    engine = Engine(smol, EngineConfig())
+    first = cfg(smol, 0, LONG, max_tokens=2)
+    run(engine, [first])
+    events = []
+    engine.add_request(msgspec.structs.replace(first, request_id="lp", prompt_logprobs=1))
+    while engine.has_unfinished():
+        events += engine.step()
+    assert engine.stats().cached_prompt_tokens == 0
+    assert len(events[0].prompt_logprobs) == len(first.prompt_ids)  # None for token 0, then one each

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inference.block_manager import BlockManager
+from inference.block_manager import BlockManager, block_hashes
 
 
 def test_grow_allocates_exactly_the_blocks_needed():
@@ -61,3 +61,71 @@ def test_double_free_is_caught():
     bm.free(t)
     with pytest.raises(AssertionError):
         bm.free(copy)
+
+
+# -- prefix cache ---------------------------------------------------------------------------------
+
+
+def test_block_hashes_chain_the_whole_prefix():
+    a = block_hashes([1, 2, 3, 4, 5, 6, 7], block_size=2)
+    assert len(a) == 3  # full blocks only
+    assert block_hashes([9, 9, 3, 4], block_size=2)[1] != a[1]  # same block tokens, other prefix
+    assert block_hashes([1, 2, 3, 4, 5, 6, 8], 2) == a  # the partial block does not count
+    assert block_hashes([1, 2, 3, 4, 5, 6], 2, start=1, parent=a[0]) == a[1:]  # resumable
+
+
+def test_freed_registered_blocks_are_found_until_taken_for_something_else():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    hashes = block_hashes([1, 2, 3, 4, 5], 2)
+    table: list[int] = []
+    bm.grow(table, 5)  # 3 blocks, the last one partial
+    for block, h in zip(table[:2], hashes, strict=True):
+        bm.register(block, h)
+    first_two = table[:2]
+    bm.free(table)
+    assert bm.num_free == 4 and bm.num_cached == 2
+    found = bm.lookup(hashes + [b"unknown"])
+    assert found == first_two and bm.num_free == 2  # taken out of the free list, referenced
+    assert bm.lookup(block_hashes([7, 7, 3, 4], 2)) == []  # block 1's tokens, after another block 0
+    bm.free(found)
+    other: list[int] = []
+    bm.grow(other, 8)  # all 4 blocks: the cached ones are overwritten and forgotten
+    assert bm.num_cached == 0 and bm.lookup(hashes) == []
+
+
+def test_least_recently_freed_blocks_are_reused_first_and_tails_before_heads():
+    bm = BlockManager(num_blocks=6, block_size=1)
+    old, new = [], []
+    bm.grow(old, 2)
+    bm.grow(new, 2)
+    for i, block in enumerate(old + new):
+        bm.register(block, bytes([i]))
+    old_blocks, new_blocks = list(old), list(new)
+    bm.free(old)
+    bm.free(new)
+    taken: list[int] = []
+    bm.grow(taken, 3)  # the 2 never-used blocks first, then old's tail
+    assert taken[2] == old_blocks[1]
+    assert bm.lookup([bytes([0])]) == [old_blocks[0]]
+    assert bm.lookup([bytes([2]), bytes([3])]) == new_blocks
+
+
+def test_a_shared_cached_block_stays_cached_while_referenced():
+    bm = BlockManager(num_blocks=3, block_size=2)
+    table: list[int] = []
+    bm.grow(table, 2)
+    bm.register(table[0], b"h")
+    again = bm.lookup([b"h"])
+    assert again == table and bm.is_shared(table[0])
+    bm.free(table)
+    assert not bm.can_grow([], 6)  # one block is still referenced by `again`
+    assert bm.lookup([b"h"]) == again
+
+
+def test_disabled_prefix_caching_never_finds_anything():
+    bm = BlockManager(num_blocks=2, block_size=2, prefix_caching=False)
+    table: list[int] = []
+    bm.grow(table, 2)
+    bm.register(table[0], b"h")
+    bm.free(table)
+    assert bm.lookup([b"h"]) == [] and bm.num_cached == 0
