@@ -363,7 +363,16 @@ class EngineClient:
         handle.send(None)
         self.state = WorkerState.DOWN
         self.metrics.worker_up = 0
-        self.metrics.set_engine_stats(worker_mod.WorkerStats(0, 0, 0, self.metrics.kv_blocks_total, 0))
+        self.metrics.set_engine_stats(  # a new worker starts its counters from 0
+            worker_mod.WorkerStats(
+                running=0,
+                waiting=0,
+                kv_blocks_used=0,
+                kv_blocks_total=self.metrics.kv_blocks_total,
+                preemptions=0,
+                cached_prompt_tokens=0,
+            )
+        )
         self._fail_all(
             GenerationFailed(503, "the engine worker process died; the request was aborted", "worker_died")
         )
