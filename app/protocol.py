@@ -189,10 +189,24 @@ class _Envelope(Struct, kw_only=True):
     system_fingerprint: str
 
 
+class PromptTokensDetails(Struct, kw_only=True):
+    cached_tokens: int  # prompt tokens whose KV the prefix cache supplied
+
+
 class Usage(Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+    @classmethod
+    def of(cls, prompt: int, completion: int, cached: int) -> "Usage":
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        )
 
 
 class CompletionLogprobs(Struct, kw_only=True):

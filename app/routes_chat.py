@@ -34,13 +34,14 @@ async def create_chat_completion(
     text: list[list[str]] = [[] for _ in range(n)]
     logprobs: list[list] = [[] for _ in range(n)]
     finish: list[str | None] = [None] * n
-    tokens = [0] * n
+    tokens, cached = [0] * n, 0
     for event in await collect(gen, request):
         text[event.index].append(event.text)
         if plan.top_logprobs is not None:
             logprobs[event.index] += chat_logprobs(svc.model.tokenizer, event.token_ids, event.logprobs)
         finish[event.index] = event.finish_reason or finish[event.index]
         tokens[event.index] = max(tokens[event.index], event.completion_tokens)
+        cached = max(cached, event.cached_tokens)
     choices = [
         ChatChoice(
             index=i,
@@ -50,24 +51,23 @@ async def create_chat_completion(
         )
         for i in range(n)
     ]
-    return Response(reply.body(ChatCompletionResponse, choices, _usage(plan, sum(tokens))), status_code=200)
+    usage = _usage(plan, sum(tokens), cached)
+    return Response(reply.body(ChatCompletionResponse, choices, usage), status_code=200)
 
 
-def _usage(plan: ChatPlan, completion_tokens: int) -> Usage:
-    prompt = len(plan.config.prompt_ids)
-    return Usage(
-        prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens
-    )
+def _usage(plan: ChatPlan, completion_tokens: int, cached: int) -> Usage:
+    return Usage.of(len(plan.config.prompt_ids), completion_tokens, cached)
 
 
 async def _stream(plan: ChatPlan, tokenizer, gen: Generation, reply: Reply) -> AsyncIterator[bytes]:
-    tokens = [0] * plan.config.n
+    tokens, cached = [0] * plan.config.n, 0
     for i in range(plan.config.n):  # the role comes first, once per choice
         yield reply.frame(
             ChatCompletionChunk, [ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))]
         )
     async for event in gen.events():
         tokens[event.index] = max(tokens[event.index], event.completion_tokens)
+        cached = max(cached, event.cached_tokens)
         logprobs = None
         if plan.top_logprobs is not None and event.token_ids:
             logprobs = ChatLogprobs(content=chat_logprobs(tokenizer, event.token_ids, event.logprobs))
@@ -80,4 +80,4 @@ async def _stream(plan: ChatPlan, tokenizer, gen: Generation, reply: Reply) -> A
             )
             yield reply.frame(ChatCompletionChunk, [finished])
     if plan.include_usage:
-        yield reply.frame(ChatCompletionChunk, [], _usage(plan, sum(tokens)))
+        yield reply.frame(ChatCompletionChunk, [], _usage(plan, sum(tokens), cached))

@@ -28,6 +28,7 @@ class _Choice:
         self.echo = plan.echo[prompt] if plan.echo is not None else ""
         self.text: list[str] = []
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of the prompt, from the prefix cache
         self.finish_reason: str | None = None
         self.started = False
         self.logprobs = CompletionLogprobsBuilder(tokenizer) if plan.logprobs is not None else None
@@ -44,6 +45,7 @@ class _Choice:
             self.logprobs.add(event.token_ids, event.logprobs)
         self.text.append(prefix + event.text)
         self.completion_tokens = max(self.completion_tokens, event.completion_tokens)
+        self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
         self.finish_reason = event.finish_reason or self.finish_reason
         return prefix + event.text, first
 
@@ -64,7 +66,12 @@ class _Choices:
     def usage(self) -> Usage:
         prompt = sum(len(cfg.prompt_ids) for cfg in self.plan.configs)
         completion = sum(c.completion_tokens for c in self.by_index.values())
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        n = self.plan.n  # the choices of one prompt share its cached tokens: counted once
+        per_prompt = [
+            [self.by_index[i * n + j].cached_tokens for j in range(n)] for i in range(len(self.plan.configs))
+        ]
+        cached = sum(max(c) for c in per_prompt)
+        return Usage.of(prompt, completion, cached)
 
 
 @json_post("/v1/completions", CompletionRequest, "Create a completion", "OpenAI")

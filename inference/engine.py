@@ -248,6 +248,7 @@ class Engine:
             finish_reason=finish,
             prompt_tokens=s.prompt_len,
             completion_tokens=s.num_output,
+            cached_tokens=s.num_cached_prompt,
         )
         if not s.prompt_logprobs_sent and cfg.prompt_logprobs is not None:
             event.prompt_logprobs = s.prompt_lp

@@ -24,5 +24,6 @@ class TokenEvent(msgspec.Struct, kw_only=True):
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"; set on the last event
     prompt_tokens: int = 0
     completion_tokens: int = 0  # total so far for this choice
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     prompt_logprobs: list[TokenLogprobs | None] | None = None  # first event only; None for token 0
     error: str | None = None  # message when finish_reason == "error"

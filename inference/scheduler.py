@@ -60,6 +60,8 @@ class Scheduler:
                 break
             self.waiting.popleft()
             self.num_cached_tokens += seq.num_computed  # all of it from the cache, at admission
+            if seq.num_output == 0:  # the first admission (a preempted one recomputes, unreported)
+                seq.num_cached_prompt = seq.num_computed
             self.blocks.grow(seq.block_table, seq.num_computed + n)
             seq.status = Status.RUNNING
             self.running.append(seq)
@@ -123,6 +125,7 @@ class Scheduler:
         child.block_table = self.blocks.share(parent.block_table)
         child.num_computed = parent.num_computed
         child.hashes, child.num_registered = list(parent.hashes), parent.num_registered
+        child.num_cached_prompt = parent.num_cached_prompt
         child.status = Status.RUNNING
         self.running.append(child)
 

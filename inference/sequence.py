@@ -34,6 +34,7 @@ class Sequence:
         self.prompt_lp: list | None = None  # prompt logprobs gathered over prefill chunks
         self.hashes: list[BlockHash] = []  # prefix-cache hashes of token_ids' full blocks, as far as needed
         self.num_registered = 0  # leading blocks of block_table registered in the prefix cache
+        self.num_cached_prompt = 0  # prompt tokens the prefix cache supplied when the sequence started
 
     @property
     def request_id(self) -> str:

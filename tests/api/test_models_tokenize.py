@@ -106,5 +106,8 @@ def test_prefix_cache_hits_are_counted_and_change_no_output(http):
     before = hits()
     second = http.post("/v1/completions", json=body).json()
     n_prompt = first["usage"]["prompt_tokens"]
-    assert hits() - before == (n_prompt - 1) // 16 * 16  # the test server's block_size is 16
+    expected = (n_prompt - 1) // 16 * 16  # the test server's block_size is 16
+    assert hits() - before == expected
+    assert second["usage"]["prompt_tokens_details"] == {"cached_tokens": expected}
+    assert first["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     assert second["choices"][0]["text"] == first["choices"][0]["text"]
