@@ -120,7 +120,8 @@ class Metrics:
             (
                 "counter",
                 "prefix_cache_hit_tokens_total",
-                "Prompt tokens whose KV came from the prefix cache instead of being computed.",
+                "Tokens whose KV came from the prefix cache instead of being computed (prompts, and what a "
+                "preempted sequence had generated).",
                 self.cached_prompt_tokens,
             ),
             ("counter", "generation_tokens_total", "Tokens generated.", self.generation_tokens),

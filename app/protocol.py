@@ -26,15 +26,6 @@ TokenId = Annotated[int, Meta(ge=0)]
 class _Strict(Struct, kw_only=True, forbid_unknown_fields=True):
     """Requests reject unknown fields: a misspelt parameter is an error, never silently ignored."""
 
-    # fields OpenAI documents as nullable whose null means "the default" (the openai client sends
-    # `n=None` as null); after decoding they hold the default
-    _null_is_default: ClassVar[tuple[str, ...]] = ()
-
-    def __post_init__(self) -> None:
-        for field in msgspec.structs.fields(self):
-            if field.name in self._null_is_default and getattr(self, field.name) is None:
-                setattr(self, field.name, field.default)
-
 
 class StreamOptions(_Strict, kw_only=True):
     include_usage: bool = False
@@ -43,7 +34,16 @@ class StreamOptions(_Strict, kw_only=True):
 class _Sampling(_Strict, kw_only=True):
     """Parameters both endpoints share (OpenAI's, then vLLM's extras)."""
 
-    _null_is_default = ("n", "stream")
+    # fields OpenAI documents as nullable whose null means "the default" (the openai client sends
+    # `n=None` as null); after decoding they hold the default
+    _null_is_default: ClassVar[tuple[str, ...]] = ("n", "stream")
+
+    def __post_init__(self) -> None:
+        nulls = [name for name in self._null_is_default if getattr(self, name) is None]
+        if nulls:
+            defaults = {f.name: f.default for f in msgspec.structs.fields(self)}
+            for name in nulls:
+                setattr(self, name, defaults[name])
 
     model: str
     n: N | None = 1

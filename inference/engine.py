@@ -30,7 +30,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_blocks_used: int
     kv_blocks_total: int
     preemptions: int
-    cached_prompt_tokens: int  # prompt tokens whose KV the prefix cache supplied, since start
+    cached_prompt_tokens: int  # tokens whose KV the prefix cache supplied at admission, since start
 
 
 class Engine:
@@ -179,7 +179,7 @@ class Engine:
     def _wanted_rows(item: Scheduled, start: int) -> list[int]:
         """Rows whose logits we need: all prompt rows when prompt logprobs are asked, else the last."""
         s = item.seq
-        if s.request.prompt_logprobs is not None and not s.prompt_logprobs_sent:
+        if s.wants_prompt_logprobs:
             return list(range(start, start + item.num_tokens))
         return [start + item.num_tokens - 1] if item.completes else []
 
@@ -188,7 +188,7 @@ class Engine:
         to_sample: list[tuple[Sequence, int]] = []  # (sequence, logits row)
         for item, seq_rows in zip(scheduled, rows, strict=True):
             s = item.seq
-            prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if self._wants_prompt_lp(s) else None
+            prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if s.wants_prompt_logprobs else None
             completes = item.completes  # read before num_computed moves
             s.num_computed += item.num_tokens
             self.scheduler.register_computed(s)
@@ -209,9 +209,6 @@ class Engine:
         for (s, _), token in zip(to_sample, picked, strict=True):
             events.append(self._append(s, token.token_id, token.logprobs))
         return events
-
-    def _wants_prompt_lp(self, s: Sequence) -> bool:
-        return s.request.prompt_logprobs is not None and not s.prompt_logprobs_sent
 
     def _prompt_logprobs(self, item: Scheduled, rows: np.ndarray) -> list[TokenLogprobs]:
         """Logprob of each next prompt token given its prefix, for the prompt part of this chunk."""

@@ -27,7 +27,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        self.num_cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
+        self.num_cached_tokens = 0  # tokens whose KV came from the prefix cache at admission
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -72,7 +72,7 @@ class Scheduler:
     def _take_cached_prefix(self, seq: Sequence) -> None:
         """A sequence about to start: its leading full blocks found in the prefix cache count as computed.
         The last token is always run, since its logits give the next token."""
-        if seq.num_computed or seq.block_table or not seq.prefix_cacheable:
+        if seq.num_computed or seq.block_table or seq.wants_prompt_logprobs:
             return
         bs = self.blocks.block_size
         seq.block_table = self.blocks.lookup(seq.block_hashes((seq.num_tokens - 1) // bs, bs))

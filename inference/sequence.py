@@ -62,10 +62,10 @@ class Sequence:
         return self.hashes[:num_blocks]
 
     @property
-    def prefix_cacheable(self) -> bool:
-        """Whether computed KV may be taken from the cache: not while every prompt position's logits
-        are still wanted (prompt logprobs)."""
-        return self.request.prompt_logprobs is None or self.prompt_logprobs_sent
+    def wants_prompt_logprobs(self) -> bool:
+        """Prompt logprobs were asked for and not sent yet: every prompt position's logits are needed
+        (so no prompt KV may come from the prefix cache)."""
+        return self.request.prompt_logprobs is not None and not self.prompt_logprobs_sent
 
     def reset_for_recompute(self) -> None:
         """After preemption: the KV blocks are gone; prompt + output so far will be prefilled again."""

@@ -149,10 +149,7 @@ class Worker:
 
 
 def _stats(engine) -> WorkerStats:
-    s = engine.stats()
-    return WorkerStats(
-        s.running, s.waiting, s.kv_blocks_used, s.kv_blocks_total, s.preemptions, s.cached_prompt_tokens
-    )
+    return WorkerStats(**msgspec.structs.asdict(engine.stats()))  # the same fields, by name
 
 
 def run(
