@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from inference.errors import GGUFServeError
-from inference.model_registry import DEFAULT_MODEL, MODELS, resolve_model
+from inference.gguf.registry import DEFAULT_MODEL, MODELS, resolve_model
 
 
 def _fetch(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from inference import worker as worker_mod
+from inference.engine import worker as worker_mod
 from inference.events import TokenEvent
 from inference.forward_config import AdapterForwardConfig
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import uvicorn
 
 from inference.errors import GGUFServeError
-from inference.model_registry import MODELS, resolve_model
+from inference.gguf.registry import MODELS, resolve_model
 
 from .engine_client import EngineClient
 from .metrics import Metrics
@@ -57,10 +57,10 @@ class DrainingServer(uvicorn.Server):
 
 def served_model(settings: Settings, path: Path) -> ServedModel:
     """Tokenizer, chat template and limits from the GGUF's metadata (the weights stay in the worker)."""
-    from inference.chat_template import ChatTemplate
-    from inference.gguf_loader import load_gguf
-    from inference.model_config import ModelConfig
-    from inference.tokenizer import Tokenizer
+    from inference.gguf.loader import load_gguf
+    from inference.gguf.model_config import ModelConfig
+    from inference.text.chat_template import ChatTemplate
+    from inference.text.tokenizer import Tokenizer
 
     gguf = load_gguf(path)
     config = ModelConfig.from_gguf(gguf)

@@ -29,8 +29,8 @@ class ServedModel:
 
     name: str  # what clients pass as `model`
     aliases: frozenset[str]  # other accepted names (the --model value)
-    tokenizer: Any  # inference.tokenizer.Tokenizer
-    template: Any  # inference.chat_template.ChatTemplate
+    tokenizer: Any  # inference.text.tokenizer.Tokenizer
+    template: Any  # inference.text.chat_template.ChatTemplate
     context_length: int
     vocab_size: int
     created: int  # unix time the server started, for /v1/models

@@ -19,8 +19,8 @@ import numpy as np
 
 from bench.machine import blas_config, describe, load_average, median_seconds, print_table
 from inference.adapter import InferenceAdapter
-from inference.gguf_loader import load_gguf
-from inference.model_registry import resolve_model
+from inference.gguf.loader import load_gguf
+from inference.gguf.registry import resolve_model
 
 MODELS = ("smollm2-135m", "qwen2.5-coder-0.5b")
 CHOICES = (*MODELS, "qwen2.5-coder-1.5b")

@@ -14,7 +14,7 @@ import time
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from inference.backends import cuda_unavailable_reason
+from inference.model.backends import cuda_unavailable_reason
 from tests.kernels import ptxas
 from tests.kernels.quantdata import SUFFIX, synthetic
 
@@ -40,8 +40,8 @@ def cpu_report() -> None:
 def gpu_report() -> None:
     import pycuda.driver as drv  # noqa: PLC0415
 
-    from inference.backends.cuda_backend import CudaBackend  # noqa: PLC0415
-    from inference.backends.cuda_memory import DeviceWeight  # noqa: PLC0415
+    from inference.model.backends.cuda_backend import CudaBackend  # noqa: PLC0415
+    from inference.model.backends.cuda_memory import DeviceWeight  # noqa: PLC0415
 
     be = CudaBackend()
     dev = drv.Context.get_device()

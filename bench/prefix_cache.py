@@ -13,9 +13,9 @@ import time
 
 from bench.machine import describe, load_average, print_table
 from inference.adapter import InferenceAdapter
-from inference.engine import Engine, EngineConfig
+from inference.engine.engine import Engine, EngineConfig
 from inference.forward_config import AdapterForwardConfig, SamplingParams
-from inference.model_registry import resolve_model
+from inference.gguf.registry import resolve_model
 
 SYSTEM_LINE = "You are a helpful assistant for a hardware store. "
 

@@ -5,9 +5,9 @@ from pydoc_data.topics import topics
 from typing import Any
 
 from bench.machine import describe, median_seconds, print_table
-from inference.gguf_loader import read_metadata
-from inference.model_registry import resolve_model
-from inference.tokenizer import Tokenizer
+from inference.gguf.loader import read_metadata
+from inference.gguf.registry import resolve_model
+from inference.text.tokenizer import Tokenizer
 
 MODELS = ("qwen2.5-coder-0.5b", "smollm2-135m")
 RUNS = 5

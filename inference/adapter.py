@@ -7,18 +7,18 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backends import select_backend
-from .backends.numpy_backend import AttentionSeq
-from .chat_template import ChatTemplate
+from .engine.kv_cache import KVCache
 from .events import TokenEvent
 from .forward_config import AdapterForwardConfig
-from .gguf_loader import GGUFFile, load_gguf
-from .kv_cache import KVCache
-from .model import ForwardBatch, LlamaModel
-from .model_config import ModelConfig
-from .model_registry import resolve_model
-from .tokenizer import Tokenizer
-from .weights import load_weights
+from .gguf.loader import GGUFFile, load_gguf
+from .gguf.model_config import ModelConfig
+from .gguf.registry import resolve_model
+from .model.backends import select_backend
+from .model.backends.numpy_backend import AttentionSeq
+from .model.transformer import ForwardBatch, LlamaModel
+from .model.weights import load_weights
+from .text.chat_template import ChatTemplate
+from .text.tokenizer import Tokenizer
 
 _SESSION_BLOCK = 16
 
@@ -107,7 +107,7 @@ class InferenceAdapter:
 
     def generate(self, cfg: AdapterForwardConfig) -> Iterator[TokenEvent]:
         """Runs one request to completion (sampling, stop conditions) and yields its events."""
-        from .engine import Engine, EngineConfig
+        from .engine.engine import Engine, EngineConfig
 
         tokens = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // _SESSION_BLOCK) * _SESSION_BLOCK * cfg.n
         engine = Engine(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.model_registry import resolve_model
+from inference.gguf.registry import resolve_model
 from tests.external import llama_cpp_models_dir
 
 

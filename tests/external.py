@@ -6,7 +6,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from inference.model_registry import cache_dir
+from inference.gguf.registry import cache_dir
 
 SDIST = "llama-cpp-python==0.3.36"
 SDIST_FILE = "llama_cpp_python-0.3.36.tar.gz"

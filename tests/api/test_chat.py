@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from inference.json_mode import INITIAL, run
+from inference.text.json_mode import INITIAL, run
 
 from .conftest import MODEL, sse_data
 

@@ -10,9 +10,9 @@ import pytest
 from app.errors import request_error_from_msgspec
 from app.protocol import ChatCompletionRequest, CompletionRequest
 from app.translate import ServedModel, chat_plan, completion_plan
-from inference.chat_template import ChatTemplate
 from inference.errors import ContextLengthError, RequestError
-from inference.tokenizer import Tokenizer
+from inference.text.chat_template import ChatTemplate
+from inference.text.tokenizer import Tokenizer
 
 
 @functools.cache

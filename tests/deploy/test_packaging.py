@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import default_config_path
-from inference.backends.cuda_backend import kernel_dir
+from inference.model.backends.cuda_backend import kernel_dir
 from tests.deploy.checks import REPO
 
 KERNELS = sorted(p.name for p in (REPO / "cuda").iterdir() if p.is_file())  # *.cu and *.cuh
@@ -20,7 +20,7 @@ DEFAULT_TOML = REPO / "config" / "default.toml"
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
 # run in a fresh interpreter whose sys.path starts with the installed copy, from outside the repository
 PROBE = """
-import json, app.settings, inference.backends.cuda_backend as cuda
+import json, app.settings, inference.model.backends.cuda_backend as cuda
 print(json.dumps({
     "modules": [app.settings.__file__, cuda.__file__],
     "config": str(app.settings.default_config_path()),

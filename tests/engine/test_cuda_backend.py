@@ -10,16 +10,16 @@ import types
 import numpy as np
 import pytest
 
-from inference.backends import cuda_unavailable_reason, select_backend
-from inference.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, CudaBackend
-from inference.backends.cuda_memory import SplitWeight
-from inference.backends.numpy_backend import AttentionSeq, NumpyBackend
+from inference.engine.kv_cache import KVCache
 from inference.errors import BackendError, OutOfMemoryError
-from inference.gguf_loader import load_gguf
-from inference.kv_cache import KVCache
-from inference.model import ForwardBatch, LlamaModel
-from inference.model_config import ModelConfig
-from inference.weights import load_weights
+from inference.gguf.loader import load_gguf
+from inference.gguf.model_config import ModelConfig
+from inference.model.backends import cuda_unavailable_reason, select_backend
+from inference.model.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, CudaBackend
+from inference.model.backends.cuda_memory import SplitWeight
+from inference.model.backends.numpy_backend import AttentionSeq, NumpyBackend
+from inference.model.transformer import ForwardBatch, LlamaModel
+from inference.model.weights import load_weights
 from tests.kernels.fake_driver import FakeDriver
 from tests.unit.gguf_fixtures import tiny_vocab, write_tiny_model
 

@@ -6,10 +6,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from inference.engine import Engine, EngineConfig
+from inference.engine.engine import Engine, EngineConfig
+from inference.engine.sampler import top_logprobs
 from inference.errors import RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
-from inference.sampler import top_logprobs
 
 PROMPTS = [
     "The capital of France is",
@@ -204,8 +204,8 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     preempt: the same tokens, each output an object prefix, and every "stop" a parsed JSON object."""
     import json
 
-    from inference.json_mode import DONE, INITIAL
-    from inference.json_mode import run as recognize
+    from inference.text.json_mode import DONE, INITIAL
+    from inference.text.json_mode import run as recognize
 
     sampled = dict(n=4, sampling=SamplingParams(temperature=1.0, seed=11))
     alone = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS
+from inference.model.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS
 from tests.kernels import emulator
 
 
@@ -75,7 +75,7 @@ class PycudaRunner:
 
 
 def _pycuda_reason() -> str | None:
-    from inference.backends import cuda_unavailable_reason
+    from inference.model.backends import cuda_unavailable_reason
 
     return cuda_unavailable_reason()
 

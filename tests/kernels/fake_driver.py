@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.backends.cuda_backend import CUDA_DIR
+from inference.model.backends.cuda_backend import CUDA_DIR
 from tests.kernels import emulator
 
 _BUDGET = re.compile(r"//\s*ptxas-budget(?:\[(\w+)\])?:\s*registers=(\d+)\s+threads=(\d+)")

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, TARGET_ARCHS
+from inference.model.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, TARGET_ARCHS
 
 # per SM: registers, max threads, max blocks, shared memory per SM usable by blocks (bytes)
 SM_LIMITS = {

@@ -4,7 +4,7 @@ backend. Tolerance: 2e-5 absolute on outputs of magnitude ~1 (online softmax and
 import numpy as np
 import pytest
 
-from inference.backends.numpy_backend import AttentionSeq, NumpyBackend
+from inference.model.backends.numpy_backend import AttentionSeq, NumpyBackend
 
 ref = NumpyBackend()
 BS = 16  # block_size of the paged cache

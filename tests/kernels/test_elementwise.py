@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from inference.backends.numpy_backend import NumpyBackend
+from inference.model.backends.numpy_backend import NumpyBackend
 
 ref = NumpyBackend()
 

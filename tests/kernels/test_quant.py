@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 
-from inference.backends.numpy_backend import NumpyBackend
+from inference.model.backends.numpy_backend import NumpyBackend
 from tests.kernels.quantdata import SUFFIX, dequant, real_rows, synthetic
 
 ref = NumpyBackend()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inference.block_manager import BlockManager, block_hashes
+from inference.engine.block_manager import BlockManager, block_hashes
 
 
 def test_grow_allocates_exactly_the_blocks_needed():

@@ -6,8 +6,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from inference.chat_template import CHATML, ChatTemplate
 from inference.errors import TemplateError
+from inference.text.chat_template import CHATML, ChatTemplate
 from tests.external import llama_cpp_models_dir
 
 CONVERSATION = [

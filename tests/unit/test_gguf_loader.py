@@ -14,9 +14,9 @@ import gguf
 import numpy as np
 import pytest
 
-from inference import gguf_loader
 from inference.errors import GGUFError
-from inference.gguf_loader import (
+from inference.gguf import loader as gguf_loader
+from inference.gguf.loader import (
     SUPPORTED_TYPES,
     TensorInfo,
     dequantize,
@@ -24,8 +24,8 @@ from inference.gguf_loader import (
     open_reader,
     read_metadata,
 )
-from inference.model_config import ModelConfig
-from inference.tokenizer import Tokenizer
+from inference.gguf.model_config import ModelConfig
+from inference.text.tokenizer import Tokenizer
 from tests.unit.gguf_fixtures import Typed, tiny_vocab, write_tiny_model
 
 Q = gguf.GGMLQuantizationType

@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from inference.gguf_loader import read_metadata
-from inference.json_mode import DONE, INITIAL, MAX_GAP, JsonConstraint, JsonVocabulary, run
-from inference.tokenizer import Tokenizer
+from inference.gguf.loader import read_metadata
+from inference.text.json_mode import DONE, INITIAL, MAX_GAP, JsonConstraint, JsonVocabulary, run
+from inference.text.tokenizer import Tokenizer
 
 DOCS = [
     {},

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inference.backends.numpy_backend import LayerArena
+from inference.model.backends.numpy_backend import LayerArena
 
 
 @dataclass(frozen=True)

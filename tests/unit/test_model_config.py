@@ -6,10 +6,10 @@ import re
 import numpy as np
 import pytest
 
+from inference.engine.kv_cache import KVCache
 from inference.errors import GGUFError, ModelConfigError
-from inference.gguf_loader import load_gguf
-from inference.kv_cache import KVCache
-from inference.model_config import ModelConfig, estimate_memory, expected_tensors
+from inference.gguf.loader import load_gguf
+from inference.gguf.model_config import ModelConfig, estimate_memory, expected_tensors
 from tests.unit.gguf_fixtures import write_tiny_model
 
 F32_1E5, F32_1E6 = float(np.float32(1e-5)), float(np.float32(1e-6))  # GGUF stores epsilons as float32

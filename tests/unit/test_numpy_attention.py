@@ -7,7 +7,7 @@ that path and the per-sequence one on mixed batches, with GQA, sliding windows a
 import numpy as np
 import pytest
 
-from inference.backends.numpy_backend import AttentionSeq, NumpyBackend, _decode_groups
+from inference.model.backends.numpy_backend import AttentionSeq, NumpyBackend, _decode_groups
 
 BS = 16
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from inference.backends.numpy_backend import GEMV_ROWS, SMALL_GEMM_ROWS, NumpyBackend
+from inference.model.backends.numpy_backend import GEMV_ROWS, SMALL_GEMM_ROWS, NumpyBackend
 
 
 @pytest.mark.parametrize("rows", [1, 2, GEMV_ROWS, GEMV_ROWS + 1, SMALL_GEMM_ROWS, SMALL_GEMM_ROWS + 1, 97])

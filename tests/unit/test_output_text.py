@@ -2,7 +2,7 @@
 
 import pytest
 
-from inference.output_text import OutputText
+from inference.text.output_text import OutputText
 
 
 class PieceDetokenizer:

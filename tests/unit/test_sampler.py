@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from inference.forward_config import SamplingParams as SP
-from inference.sampler import (
+from inference.engine.sampler import (
     Sampler,
     SequenceSampling,
     apply_top_k,
@@ -13,6 +12,7 @@ from inference.sampler import (
     nucleus,
     process_logits,
 )
+from inference.forward_config import SamplingParams as SP
 
 V = 1000
 FULL_V = 151936  # Qwen2 vocabulary
@@ -346,7 +346,7 @@ TINY_JSON = [b"{", b"}", b"x", b' "', b"{}", None]  # id 5: end of generation
 
 
 def json_state(params: SP) -> SequenceSampling:
-    from inference.json_mode import JsonConstraint, JsonVocabulary
+    from inference.text.json_mode import JsonConstraint, JsonVocabulary
 
     return SequenceSampling(params, PROMPT, len(TINY_JSON), JsonConstraint(JsonVocabulary(TINY_JSON, [5])))
 

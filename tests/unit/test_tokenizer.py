@@ -8,7 +8,7 @@ import gguf
 import pytest
 
 from inference.errors import TokenizerError
-from inference.tokenizer import Tokenizer
+from inference.text.tokenizer import Tokenizer
 
 VECTOR_VOCABS = ("qwen2", "gpt-2", "llama-bpe", "llama-spm", "phi-3")
 CASES_PER_VOCAB = 46  # inputs in each ggml-vocab-*.gguf.inp of llama.cpp as vendored in 0.3.36
@@ -221,7 +221,7 @@ def test_streaming_flush_replaces_an_incomplete_tail(qwen):
 
 
 def minimal_gpt2(**override) -> dict[str, Any]:
-    from inference.pretokenizers import gpt2_byte_decoder
+    from inference.text.pretokenizers import gpt2_byte_decoder
 
     tokens = list(gpt2_byte_decoder())  # the 256 byte characters
     meta = {

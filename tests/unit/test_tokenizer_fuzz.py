@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from test_tokenizer import load_tokenizer, read_metadata, vocab_path
 from test_tokenizer_pretokenizers import SEQUENTIAL, split_in_turn
 
-from inference.pretokenizers import GPT2_BYTE_OF, QWEN2, gpt2_byte_decoder
-from inference.tokenizer import Tokenizer
-from inference.tokenizer_spm import SPLIT_PATTERNS, build_spm_ranks
+from inference.text.pretokenizers import GPT2_BYTE_OF, QWEN2, gpt2_byte_decoder
+from inference.text.tokenizer import Tokenizer
+from inference.text.tokenizer_spm import SPLIT_PATTERNS, build_spm_ranks
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inference.errors import TokenizerError
-from inference.pretokenizers import DEFAULT, GPT2, PRE_TOKENIZERS, SMOLLM, pre_tokenizer_pattern
+from inference.text.pretokenizers import DEFAULT, GPT2, PRE_TOKENIZERS, SMOLLM, pre_tokenizer_pattern
 
 # llama.cpp's regex lists (src/llama-vocab.cpp); GPT2 stands for its custom GPT-2 splitter
 SEQUENTIAL = {

@@ -3,9 +3,9 @@
 import enum
 import itertools
 
+from ..forward_config import AdapterForwardConfig
+from ..text.output_text import OutputText
 from .block_manager import BlockHash, block_hashes
-from .forward_config import AdapterForwardConfig
-from .output_text import OutputText
 
 _ids = itertools.count()
 

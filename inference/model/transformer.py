@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.kv_cache import KVCache
+from ..gguf.model_config import ModelConfig
 from .backends.numpy_backend import AttentionSeq
-from .kv_cache import KVCache
-from .model_config import ModelConfig
 from .weights import LayerWeights, ModelWeights
 
 

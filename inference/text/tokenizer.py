@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import tiktoken
 
+from ..errors import TokenizerError
 from . import tokenizer_spm as spm
-from .errors import TokenizerError
 from .pretokenizers import ADD_BOS_BY_DEFAULT, GPT2_BYTE_OF, pre_tokenizer_pattern
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ def select_backend(name: str):
         log.info("backend: cuda (pycuda, a CUDA device and nvcc are present)")
         return CudaBackend()
     if name == "cuda":
-        from ..errors import BackendError
+        from ...errors import BackendError
 
         raise BackendError(f"backend 'cuda' requested but {reason}")
     log.info("backend: numpy (%s)", reason)

@@ -5,8 +5,8 @@ from functools import partial
 
 import numpy as np
 
-from .gguf_loader import GGUFFile, dequantize
-from .model_config import ModelConfig
+from ..gguf.loader import GGUFFile, dequantize
+from ..gguf.model_config import ModelConfig
 
 
 @dataclass(frozen=True)

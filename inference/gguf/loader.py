@@ -13,7 +13,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .errors import GGUFError
+from ..errors import GGUFError
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType

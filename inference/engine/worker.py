@@ -12,9 +12,9 @@ from multiprocessing.connection import Connection
 
 import msgspec
 
-from .errors import ContextLengthError, RequestError
-from .events import TokenEvent
-from .forward_config import AdapterForwardConfig
+from ..errors import ContextLengthError, RequestError
+from ..events import TokenEvent
+from ..forward_config import AdapterForwardConfig
 
 log = logging.getLogger("gguf_serve.worker")
 

@@ -22,14 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError, OutOfMemoryError
+from ...errors import BackendError, OutOfMemoryError
 from .cuda_memory import ActivationPool, DeviceArray, DeviceWeight, SplitWeight
 
 log = logging.getLogger("gguf_serve.backend")
 
 # Where cuda/ lives: a wheel carries it inside the package (pyproject.toml maps cuda/ to inference/cuda/);
 # a checkout or an editable install has it at the repository's top level, beside inference/.
-KERNEL_DIRS = (Path(__file__).resolve().parents[1] / "cuda", Path(__file__).resolve().parents[2] / "cuda")
+# inference/model/backends/ -> inference/cuda (a wheel) or the repository root (a checkout)
+KERNEL_DIRS = (Path(__file__).resolve().parents[2] / "cuda", Path(__file__).resolve().parents[3] / "cuda")
 
 
 def kernel_dir(candidates: tuple[Path, ...] = KERNEL_DIRS) -> Path:
@@ -337,7 +338,7 @@ class CudaBackend:
     def load_weight(self, tensor) -> DeviceWeight | DeviceArray:
         """2-D GGUF tensors stay quantized on the device; 1-D ones (norms, biases) become float32 arrays."""
         if len(tensor.shape) == 1:
-            from ..gguf_loader import dequantize  # noqa: PLC0415
+            from ...gguf.loader import dequantize  # noqa: PLC0415
 
             out = self.to_device(np.asarray(dequantize(tensor), np.float32), True, f"tensor {tensor.name}")
             self.weight_bytes += out.nbytes

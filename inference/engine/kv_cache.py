@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .model_config import ModelConfig
+from ..gguf.model_config import ModelConfig
 
 
 def _host_zeros(shape: tuple[int, ...], count: int) -> list[np.ndarray]:

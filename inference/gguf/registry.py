@@ -12,7 +12,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .errors import FetchError
+from ..errors import FetchError
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import GGUFError, ModelConfigError
-from .gguf_loader import GGUFFile
+from ..errors import GGUFError, ModelConfigError
+from .loader import GGUFFile
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..gguf_loader import TensorInfo, dequantize
+from ...gguf.loader import TensorInfo, dequantize
 
 # Up to this many rows, one gemv per row beats a gemm (OpenBLAS's gemm at 2-4 rows costs about what it
 # does at 16): a decode step of 2 sequences takes 39.5 instead of 57.2 ms on SmolLM2, 126 instead of

@@ -5,9 +5,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .events import Logprob, TokenLogprobs
-from .forward_config import MAX_BIAS, SamplingParams
-from .json_mode import JsonConstraint
+from ..events import Logprob, TokenLogprobs
+from ..forward_config import MAX_BIAS, SamplingParams
+from ..text.json_mode import JsonConstraint
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM); also keeps logits / T finite
 _NUCLEUS_FIRST_K = 64  # top-p looks at the k most likely tokens first, k growing 8x until the mass is reached

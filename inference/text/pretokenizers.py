@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 # llama.cpp (src/llama-vocab.cpp) applies a list of regexes one after another: each regex splits every
 # piece left by the previous one into its matches and the gaps between them. tiktoken applies exactly

@@ -3,14 +3,14 @@
 import msgspec
 import numpy as np
 
-from .backends.numpy_backend import AttentionSeq
+from ..errors import RequestError
+from ..events import TokenEvent, TokenLogprobs
+from ..forward_config import AdapterForwardConfig
+from ..model.backends.numpy_backend import AttentionSeq
+from ..model.transformer import ForwardBatch
+from ..text.json_mode import JsonConstraint, JsonVocabulary
+from ..text.output_text import OutputText
 from .block_manager import BlockManager
-from .errors import RequestError
-from .events import TokenEvent, TokenLogprobs
-from .forward_config import AdapterForwardConfig
-from .json_mode import JsonConstraint, JsonVocabulary
-from .model import ForwardBatch
-from .output_text import OutputText
 from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
@@ -50,7 +50,7 @@ class Engine:
 
     @classmethod
     def load(cls, model_path, *, backend: str = "numpy", config: EngineConfig | None = None) -> "Engine":
-        from .adapter import InferenceAdapter
+        from ..adapter import InferenceAdapter
 
         return cls(InferenceAdapter.load(model_path, backend=backend), config)
 

@@ -4,7 +4,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 # How tiktoken reproduces llama.cpp's SentencePiece merging (llm_tokenizer_spm_session):
 #

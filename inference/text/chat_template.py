@@ -14,7 +14,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension, loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import TemplateError
+from ..errors import TemplateError
 
 METADATA_KEY = "tokenizer.chat_template"
 

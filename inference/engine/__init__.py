@@ -1,0 +1,1 @@
+"""The engine: scheduler, block manager, sequences, sampler, KV cache, the worker process."""

@@ -1,0 +1,1 @@
+"""GGUF files: the bounded loader, the validated model config, the model registry."""

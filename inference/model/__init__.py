@@ -1,0 +1,1 @@
+"""The Llama-family transformer, its weights and the compute backends."""

@@ -1,0 +1,1 @@
+"""Text: tokenizer (BPE and SentencePiece), chat template, incremental output text, JSON mode."""
