@@ -15,6 +15,7 @@ import msgspec
 from inference.engine import worker as worker_mod
 from inference.events import TokenEvent
 from inference.forward_config import AdapterForwardConfig
+from inference.model.backends import BackendConfig
 
 from .errors import APIError
 from .metrics import Metrics
@@ -147,7 +148,7 @@ class EngineClient:
         self,
         model_path: Path,
         *,
-        backend: str,
+        backend: BackendConfig,
         engine_config: dict[str, int],
         max_waiting: int,
         request_timeout_s: float,

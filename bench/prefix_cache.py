@@ -35,7 +35,7 @@ def time_to_first_token(engine: Engine, adapter: InferenceAdapter, system: str, 
 
 
 def run(adapter: InferenceAdapter, caching: bool, system: str, requests: int) -> dict:
-    engine = Engine(adapter, EngineConfig(prefix_caching=caching))
+    engine = Engine(adapter.loaded, EngineConfig(prefix_caching=caching))
     first, n = time_to_first_token(engine, adapter, system, "Do you sell hammers?", "first")
     questions = [f"Do you sell item {i}?" for i in range(requests)]
     later = [time_to_first_token(engine, adapter, system, q, f"r{i}")[0] for i, q in enumerate(questions)]

@@ -1,4 +1,8 @@
-"""InferenceAdapter: one Llama-family model behind one interface (load, prefill, decode, generate)."""
+"""InferenceAdapter: one Llama-family model behind one interface (load, prefill, decode, generate).
+
+It sits on top of the engine: `generate` runs a request through an Engine, `prefill`/`decode` run one
+sequence at a time through the same transformer. The engine never imports this module.
+"""
 
 import os
 from collections.abc import Iterator
@@ -7,18 +11,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .engine.engine import Engine, EngineConfig
 from .engine.kv_cache import KVCache
 from .events import TokenEvent
 from .forward_config import AdapterForwardConfig
-from .gguf.loader import GGUFFile, load_gguf
-from .gguf.model_config import ModelConfig
-from .gguf.registry import resolve_model
-from .model.backends import select_backend
-from .model.backends.numpy_backend import AttentionSeq
-from .model.transformer import ForwardBatch, LlamaModel
-from .model.weights import load_weights
-from .text.chat_template import ChatTemplate
-from .text.tokenizer import Tokenizer
+from .model.backends import BackendConfig
+from .model.backends.base import AttentionSeq
+from .model.loaded import LoadedModel
+from .model.transformer import ForwardBatch
 
 _SESSION_BLOCK = 16
 
@@ -29,26 +29,21 @@ class MemoryUsage(NamedTuple):
 
 
 class InferenceAdapter:
-    def __init__(self, gguf: GGUFFile, config: ModelConfig, tokenizer: Tokenizer, backend):
-        self.path = gguf.path
-        self.config = config
-        self.tokenizer = tokenizer
-        self.chat_template = ChatTemplate.from_metadata(
-            gguf.metadata,
-            bos_token=_text(tokenizer, tokenizer.bos_id),
-            eos_token=_text(tokenizer, tokenizer.eos_id),
-        )
-        self.backend = backend
-        self.weights = load_weights(gguf, config, backend)
-        self.model = LlamaModel(config, self.weights, backend)
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.path = loaded.path
+        self.config = loaded.config
+        self.tokenizer = loaded.tokenizer
+        self.chat_template = loaded.chat_template
+        self.backend = loaded.backend
+        self.weights = loaded.weights
+        self.model = loaded.model
         self._session: tuple[KVCache, int] | None = None  # (cache, tokens in it) for prefill/decode
 
     @classmethod
-    def load(cls, model: str | os.PathLike, *, backend: str = "numpy") -> "InferenceAdapter":
-        """Loads a registry model name or a .gguf path; weights are dequantized once here."""
-        gguf = load_gguf(resolve_model(model))
-        config = ModelConfig.from_gguf(gguf)
-        return cls(gguf, config, Tokenizer.from_metadata(gguf.metadata), select_backend(backend))
+    def load(cls, model: str | os.PathLike, *, backend: BackendConfig | str = "numpy") -> "InferenceAdapter":
+        """Loads a registry model name or a .gguf path onto the named (or configured) backend."""
+        return cls(LoadedModel.load(model, backend))
 
     @property
     def name(self) -> str:
@@ -68,13 +63,8 @@ class InferenceAdapter:
 
     @property
     def memory_usage(self) -> MemoryUsage:
-        return MemoryUsage(self.weights.nbytes, KVCache.bytes_per_token(self.config))
-
-    def new_kv_cache(self, num_blocks: int, block_size: int) -> KVCache:
-        return KVCache(self.config, num_blocks, block_size, backend=self.backend)
-
-    def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
-        return self.model.forward(batch, kv)
+        per_token = KVCache.bytes_per_token(self.config, self.backend.kv_bytes_per_element())
+        return MemoryUsage(self.weights.nbytes, per_token)
 
     # -- one sequence at a time: the building blocks the engine batches ------------------------------
 
@@ -85,7 +75,7 @@ class InferenceAdapter:
         self._check_ids(ids)
         if self._session is None:
             blocks = -(-self.config.context_length // _SESSION_BLOCK)
-            self._session = (self.new_kv_cache(blocks, _SESSION_BLOCK), 0)
+            self._session = (KVCache(self.config, blocks, _SESSION_BLOCK, self.backend), 0)
         self._session = (self._session[0], 0)
         return self._run(ids)
 
@@ -107,11 +97,9 @@ class InferenceAdapter:
 
     def generate(self, cfg: AdapterForwardConfig) -> Iterator[TokenEvent]:
         """Runs one request to completion (sampling, stop conditions) and yields its events."""
-        from .engine.engine import Engine, EngineConfig
-
         tokens = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // _SESSION_BLOCK) * _SESSION_BLOCK * cfg.n
         engine = Engine(
-            self, EngineConfig(max_num_seqs=max(cfg.n, 1), kv_cache_tokens=max(tokens, _SESSION_BLOCK))
+            self.loaded, EngineConfig(max_num_seqs=max(cfg.n, 1), kv_cache_tokens=max(tokens, _SESSION_BLOCK))
         )
         engine.add_request(cfg)
         while engine.has_unfinished():
@@ -140,7 +128,3 @@ class InferenceAdapter:
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
-
-
-def _text(tokenizer: Tokenizer, token_id: int | None) -> str:
-    return "" if token_id is None else tokenizer.decode([token_id])

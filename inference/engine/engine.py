@@ -6,11 +6,12 @@ import numpy as np
 from ..errors import RequestError
 from ..events import TokenEvent, TokenLogprobs
 from ..forward_config import AdapterForwardConfig
-from ..model.backends.numpy_backend import AttentionSeq
-from ..model.transformer import ForwardBatch
+from ..model.backends import BackendConfig
+from ..model.loaded import LoadedModel
 from ..text.json_mode import JsonConstraint, JsonVocabulary
 from ..text.output_text import OutputText
 from .block_manager import BlockManager
+from .model_runner import ModelRunner
 from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
@@ -34,14 +35,14 @@ class EngineStats(msgspec.Struct, kw_only=True):
 
 
 class Engine:
-    def __init__(self, adapter, config: EngineConfig | None = None):
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
         config = config or EngineConfig()
         if config.kv_cache_tokens < config.block_size:
             raise ValueError(f"kv_cache_tokens {config.kv_cache_tokens} < block_size {config.block_size}")
-        self.adapter = adapter
+        self.loaded = loaded
         self.config = config
         num_blocks = config.kv_cache_tokens // config.block_size
-        self.kv = adapter.new_kv_cache(num_blocks, config.block_size)
+        self.runner = ModelRunner(loaded, num_blocks, config.block_size)
         self.blocks = BlockManager(num_blocks, config.block_size, config.prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler()
@@ -49,29 +50,33 @@ class Engine:
         self._json_vocab: JsonVocabulary | None = None  # built by the first JSON-mode request
 
     @classmethod
-    def load(cls, model_path, *, backend: str = "numpy", config: EngineConfig | None = None) -> "Engine":
-        from ..adapter import InferenceAdapter
-
-        return cls(InferenceAdapter.load(model_path, backend=backend), config)
+    def load(
+        cls, model_path, *, backend: BackendConfig | str = "numpy", config: EngineConfig | None = None
+    ) -> "Engine":
+        return cls(LoadedModel.load(model_path, backend), config)
 
     @property
     def tokenizer(self):
-        return self.adapter.tokenizer
+        return self.loaded.tokenizer
 
     @property
     def model_config(self):
-        return self.adapter.config
+        return self.loaded.config
+
+    @property
+    def vocab_size(self) -> int:
+        return self.loaded.config.vocab_size
 
     @property
     def backend_name(self) -> str:
-        """The backend computing the model ("numpy", "cuda"): what "auto" resolved to."""
-        return self.adapter.backend.name
+        """The backend computing the model ("numpy", "cpu", "cuda"): what "auto" resolved to."""
+        return self.loaded.backend.name
 
     # -- requests ---------------------------------------------------------------------------------
 
     def add_request(self, cfg: AdapterForwardConfig) -> None:
         """Validates and queues a request; its n choices run as n sequences sharing the prompt."""
-        cfg.validate(vocab_size=self.adapter.vocab_size, context_length=self.adapter.config.context_length)
+        cfg.validate(vocab_size=self.vocab_size, context_length=self.model_config.context_length)
         if cfg.request_id in self._by_request:
             raise RequestError(f"request id {cfg.request_id!r} is already running", param="request_id")
         if cfg.n > self.config.max_num_seqs:
@@ -94,7 +99,7 @@ class Engine:
         if index and params.seed is not None:  # siblings differ, yet stay reproducible
             params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
         constraint = JsonConstraint(self._json_vocabulary()) if cfg.response_format == "json_object" else None
-        sampling = SequenceSampling(params, cfg.prompt_ids, self.adapter.vocab_size, constraint)
+        sampling = SequenceSampling(params, cfg.prompt_ids, self.vocab_size, constraint)
         text = OutputText(
             self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output
         )
@@ -110,7 +115,7 @@ class Engine:
                     "response_format",
                 )
             data = tok.text_token_bytes()
-            data += [None] * (self.adapter.vocab_size - len(data))  # output rows beyond the vocabulary
+            data += [None] * (self.vocab_size - len(data))  # output rows beyond the vocabulary
             self._json_vocab = JsonVocabulary(data, tok.eog_ids)
         return self._json_vocab
 
@@ -139,53 +144,21 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------------
 
     def step(self) -> list[TokenEvent]:
+        """schedule -> run the model -> sample -> postprocess (append tokens, stop, free)."""
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
-        batch, rows = self._build_batch(scheduled)
-        logits = self.adapter.forward(batch, self.kv)  # [N, V]
-        return self._postprocess(scheduled, rows, logits)
+        logits, rows = self.runner.run(scheduled)  # [N, V]
+        to_sample = self._advance(scheduled, rows, logits)
+        if not to_sample:
+            return []
+        picked = self.sampler.sample(logits[[r for _, r in to_sample]], [s.sampling for s, _ in to_sample])
+        return [self._append(s, t.token_id, t.logprobs) for (s, _), t in zip(to_sample, picked, strict=True)]
 
-    def _build_batch(self, scheduled: list[Scheduled]) -> tuple[ForwardBatch, list[list[int]]]:
-        bs = self.config.block_size
-        ids, positions, slots, seqs, logit_rows, rows = [], [], [], [], [], []
-        start = 0
-        for item in scheduled:
-            s = item.seq
-            for src, dst in item.copies:
-                for k_cache, v_cache in zip(self.kv.k, self.kv.v, strict=True):
-                    self.adapter.backend.copy_block(k_cache, v_cache, src, dst)
-            pos = np.arange(s.num_computed, s.num_computed + item.num_tokens, dtype=np.int32)
-            table = np.asarray(s.block_table, dtype=np.int32)
-            ids.append(np.asarray(s.token_ids[s.num_computed : s.num_computed + item.num_tokens], np.int32))
-            positions.append(pos)
-            slots.append(table[pos // bs] * bs + pos % bs)
-            context = s.num_computed + item.num_tokens
-            seqs.append(AttentionSeq(start, item.num_tokens, context, table[: -(-context // bs)]))
-            wanted = self._wanted_rows(item, start)
-            rows.append(list(range(len(logit_rows), len(logit_rows) + len(wanted))))
-            logit_rows.extend(wanted)
-            start += item.num_tokens
-        batch = ForwardBatch(
-            np.concatenate(ids),
-            np.concatenate(positions),
-            np.concatenate(slots).astype(np.int32),
-            seqs,
-            np.asarray(logit_rows, dtype=np.int64),
-        )
-        return batch, rows
-
-    @staticmethod
-    def _wanted_rows(item: Scheduled, start: int) -> list[int]:
-        """Rows whose logits we need: all prompt rows when prompt logprobs are asked, else the last."""
-        s = item.seq
-        if s.wants_prompt_logprobs:
-            return list(range(start, start + item.num_tokens))
-        return [start + item.num_tokens - 1] if item.completes else []
-
-    def _postprocess(self, scheduled, rows, logits) -> list[TokenEvent]:
-        events: list[TokenEvent] = []
-        to_sample: list[tuple[Sequence, int]] = []  # (sequence, logits row)
+    def _advance(self, scheduled: list[Scheduled], rows, logits) -> list[tuple[Sequence, int]]:
+        """Moves each sequence past its computed tokens (prompt logprobs, prefix cache, n > 1 forks);
+        returns the (sequence, logits row) pairs that sample a next token now."""
+        to_sample: list[tuple[Sequence, int]] = []
         for item, seq_rows in zip(scheduled, rows, strict=True):
             s = item.seq
             prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if s.wants_prompt_logprobs else None
@@ -203,12 +176,7 @@ class Engine:
                     to_sample.append((f, seq_rows[-1]))
                 s.followers = []
             to_sample.append((s, seq_rows[-1]))
-        if not to_sample:
-            return events
-        picked = self.sampler.sample(logits[[r for _, r in to_sample]], [s.sampling for s, _ in to_sample])
-        for (s, _), token in zip(to_sample, picked, strict=True):
-            events.append(self._append(s, token.token_id, token.logprobs))
-        return events
+        return to_sample
 
     def _prompt_logprobs(self, item: Scheduled, rows: np.ndarray) -> list[TokenLogprobs]:
         """Logprob of each next prompt token given its prefix, for the prompt part of this chunk."""
@@ -232,7 +200,7 @@ class Engine:
         finish = None
         if stop_id or stop_str:
             finish = "stop"
-        elif s.num_output >= cfg.max_tokens or s.num_tokens >= self.adapter.config.context_length:
+        elif s.num_output >= cfg.max_tokens or s.num_tokens >= self.model_config.context_length:
             finish = "length"
         if finish is not None and not stop_str:
             text += s.text.finish()

@@ -15,6 +15,7 @@ import msgspec
 from ..errors import ContextLengthError, RequestError
 from ..events import TokenEvent
 from ..forward_config import AdapterForwardConfig
+from ..model.backends import BackendConfig
 
 log = logging.getLogger("gguf_serve.worker")
 
@@ -156,7 +157,7 @@ def run(
     inbox: Connection,
     outbox: Connection,
     model_path: str,
-    backend: str,
+    backend: BackendConfig,
     engine_config: dict[str, int],
     log_level: str = "info",
 ) -> None:

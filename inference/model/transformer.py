@@ -4,9 +4,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.kv_cache import KVCache
 from ..gguf.model_config import ModelConfig
-from .backends.numpy_backend import AttentionSeq
+from .backends.base import AttentionSeq, Backend
 from .weights import LayerWeights, ModelWeights
 
 
@@ -22,21 +21,21 @@ class ForwardBatch:
 
 
 class LlamaModel:
-    def __init__(self, config: ModelConfig, weights: ModelWeights, backend):
+    def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend):
         self.config = config
         self.weights = weights
         self.backend = backend
 
-    def forward(self, batch: ForwardBatch, kv: KVCache) -> np.ndarray:
-        """Runs every token of the batch through the model, filling the KV cache; logits [N, V]."""
+    def forward(self, batch: ForwardBatch, kv) -> np.ndarray:
+        """Runs every token of the batch through the model, filling the KV cache (engine/kv_cache.py's
+        KVCache: k[layer], v[layer]); logits [N, V] on the host."""
         ops, w = self.backend, self.weights
         x = ops.embed(w.token_embd, batch.token_ids)  # [T, D]
         for i, layer in enumerate(w.layers):
             self._attention_block(x, layer, batch, kv.k[i], kv.v[i])
             self._ffn_block(x, layer)
-        h = ops.rmsnorm(x[batch.logit_rows], w.output_norm, self.config.norm_eps)  # [N, D]
-        logits = ops.linear(h, w.output)  # [N, V]
-        return logits if isinstance(logits, np.ndarray) else logits.get()  # the sampler runs on the host
+        h = ops.rmsnorm(ops.gather_rows(x, batch.logit_rows), w.output_norm, self.config.norm_eps)  # [N, D]
+        return ops.to_host(ops.linear(h, w.output))  # [N, V] on the host: the sampler runs there
 
     def _attention_block(self, x, layer: LayerWeights, batch: ForwardBatch, k_cache, v_cache) -> None:
         ops, c = self.backend, self.config

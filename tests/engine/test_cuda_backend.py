@@ -15,9 +15,10 @@ from inference.errors import BackendError, OutOfMemoryError
 from inference.gguf.loader import load_gguf
 from inference.gguf.model_config import ModelConfig
 from inference.model.backends import cuda_unavailable_reason, select_backend
+from inference.model.backends.base import AttentionSeq
 from inference.model.backends.cuda_backend import CUDA_DIR, NVCC_OPTIONS, CudaBackend
 from inference.model.backends.cuda_memory import SplitWeight
-from inference.model.backends.numpy_backend import AttentionSeq, NumpyBackend
+from inference.model.backends.numpy_backend import NumpyBackend
 from inference.model.transformer import ForwardBatch, LlamaModel
 from inference.model.weights import load_weights
 from tests.kernels.fake_driver import FakeDriver
@@ -289,11 +290,13 @@ def test_cuda_unavailable_reason(host, devices, nvcc, reason):
         assert got is not None and got.startswith(reason), got
 
 
-def test_without_nvcc_auto_takes_numpy_and_cuda_fails_naming_nvcc(host, caplog):
+def test_without_nvcc_auto_takes_cpu_and_cuda_fails_naming_nvcc(host, caplog):
+    from inference.model.backends.cpu_backend import CpuBackend
+
     host(1, None)
     with caplog.at_level(logging.INFO, logger="gguf_serve.backend"):
-        assert isinstance(select_backend("auto"), NumpyBackend)
-    assert f"backend: numpy ({NO_NVCC})" in caplog.messages
+        assert isinstance(select_backend("auto"), CpuBackend)  # the native kernels the install built
+    assert f"backend: not cuda ({NO_NVCC})" in caplog.messages
     with pytest.raises(BackendError, match=f"^backend 'cuda' requested but {NO_NVCC}$"):
         select_backend("cuda")
 

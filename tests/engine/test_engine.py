@@ -48,7 +48,7 @@ def run(engine: Engine, configs) -> dict[tuple[str, int], list]:
 
 def test_batched_chunked_greedy_equals_solo(smol):
     solo = {f"r{i}": smol.greedy(list(smol.tokenizer.encode(p)), 12) for i, p in enumerate(PROMPTS)}
-    engine = Engine(smol, EngineConfig(max_num_seqs=8, max_num_batched_tokens=7, kv_cache_tokens=1024))
+    engine = Engine(smol.loaded, EngineConfig(max_num_seqs=8, max_num_batched_tokens=7, kv_cache_tokens=1024))
     got = run(engine, [cfg(smol, i, p) for i, p in enumerate(PROMPTS)])
     assert {k[0]: v for k, v in got.items()} == solo
     assert engine.stats().kv_blocks_used == 0
@@ -67,7 +67,7 @@ def test_preemption_by_recompute_keeps_outputs(smol):
 
 
 def test_n_choices_share_the_prompt_blocks(smol):
-    engine = Engine(smol, EngineConfig(max_num_seqs=4, kv_cache_tokens=512))
+    engine = Engine(smol.loaded, EngineConfig(max_num_seqs=4, kv_cache_tokens=512))
     c = cfg(smol, 0, PROMPTS[2], max_tokens=6, n=3)
     engine.add_request(c)
     engine.step()  # prefill (one chunk) + first token of every choice
@@ -81,25 +81,25 @@ def test_n_choices_share_the_prompt_blocks(smol):
 
 def test_seeded_choices_differ_but_repeat(smol):
     sampling = SamplingParams(temperature=1.0, seed=1234)
-    a = run(Engine(smol), [cfg(smol, 0, PROMPTS[0], max_tokens=10, n=3, sampling=sampling)])
-    b = run(Engine(smol), [cfg(smol, 0, PROMPTS[0], max_tokens=10, n=3, sampling=sampling)])
+    a = run(Engine(smol.loaded), [cfg(smol, 0, PROMPTS[0], max_tokens=10, n=3, sampling=sampling)])
+    b = run(Engine(smol.loaded), [cfg(smol, 0, PROMPTS[0], max_tokens=10, n=3, sampling=sampling)])
     assert a == b
     assert len({tuple(v) for v in a.values()}) > 1
 
 
 def test_seed_gives_same_tokens_alone_and_in_a_batch(smol):
     seeded = cfg(smol, 0, PROMPTS[0], max_tokens=16, sampling=SamplingParams(temperature=0.9, seed=7))
-    alone = run(Engine(smol), [seeded])
+    alone = run(Engine(smol.loaded), [seeded])
     others = [
         cfg(smol, i, p, max_tokens=16, sampling=SamplingParams(temperature=1.0))
         for i, p in enumerate(PROMPTS)
     ][1:]
-    together = run(Engine(smol, EngineConfig(max_num_batched_tokens=16)), [*others, seeded])
+    together = run(Engine(smol.loaded, EngineConfig(max_num_batched_tokens=16)), [*others, seeded])
     assert together[("r0", 0)] == alone[("r0", 0)]
 
 
 def test_abort_frees_blocks_within_one_step(smol):
-    engine = Engine(smol, EngineConfig(kv_cache_tokens=512))
+    engine = Engine(smol.loaded, EngineConfig(kv_cache_tokens=512))
     engine.add_request(cfg(smol, 0, PROMPTS[2], max_tokens=50))
     engine.add_request(cfg(smol, 1, PROMPTS[0], max_tokens=50))
     engine.step()
@@ -111,7 +111,7 @@ def test_abort_frees_blocks_within_one_step(smol):
 
 
 def test_running_request_ids_follow_admission_and_finish(smol):
-    engine = Engine(smol, EngineConfig(max_num_seqs=1, kv_cache_tokens=512))
+    engine = Engine(smol.loaded, EngineConfig(max_num_seqs=1, kv_cache_tokens=512))
     assert engine.backend_name == "numpy"
     engine.add_request(cfg(smol, 0, PROMPTS[0], max_tokens=2))
     engine.add_request(cfg(smol, 1, PROMPTS[1], max_tokens=2))
@@ -123,7 +123,7 @@ def test_running_request_ids_follow_admission_and_finish(smol):
 
 
 def test_finish_reasons_and_usage(smol):
-    engine = Engine(smol)
+    engine = Engine(smol.loaded)
     c = AdapterForwardConfig(request_id="len", prompt_ids=tuple(smol.tokenizer.encode("Hi")), max_tokens=1)
     engine.add_request(c)
     events = engine.step()
@@ -157,7 +157,7 @@ def test_prompt_logprobs_match_prefix_logits(smol):
         prompt_logprobs=2,
         sampling=SamplingParams(temperature=0.0, logprobs=2),
     )
-    engine = Engine(smol, EngineConfig(max_num_batched_tokens=5))  # prompt spans several chunks
+    engine = Engine(smol.loaded, EngineConfig(max_num_batched_tokens=5))  # prompt spans several chunks
     engine.add_request(c)
     events = [e for _ in range(20) for e in engine.step()]
     prompt_lp = events[0].prompt_logprobs
@@ -181,7 +181,7 @@ def test_prompt_logprobs_match_prefix_logits(smol):
 )
 def test_invalid_requests_are_rejected_before_running(smol, change, param):
     base = dict(request_id="bad", prompt_ids=(1, 2, 3), max_tokens=4)
-    engine = Engine(smol)
+    engine = Engine(smol.loaded)
     with pytest.raises(RequestError) as err:
         engine.add_request(AdapterForwardConfig(**{**base, **change}))
     assert err.value.param == param
@@ -210,8 +210,8 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     sampled = dict(n=4, sampling=SamplingParams(temperature=1.0, seed=11))
     alone = {}
     for rid, kw in (("s", sampled), ("g", {"sampling": GREEDY})):
-        alone |= run(Engine(smol, EngineConfig(kv_cache_tokens=2048)), [json_request(smol, rid, **kw)])
-    tight = Engine(smol, EngineConfig(max_num_seqs=5, block_size=4, kv_cache_tokens=4 * 32))
+        alone |= run(Engine(smol.loaded, EngineConfig(kv_cache_tokens=2048)), [json_request(smol, rid, **kw)])
+    tight = Engine(smol.loaded, EngineConfig(max_num_seqs=5, block_size=4, kv_cache_tokens=4 * 32))
     together = run(tight, [json_request(smol, "s", **sampled), json_request(smol, "g", sampling=GREEDY)])
     assert together == alone and tight.stats().preemptions > 0
     parsed = 0
@@ -232,7 +232,7 @@ def test_json_mode_needs_an_end_of_generation_token(tmp_path):
 
     adapter = InferenceAdapter.load(write_tiny_model(tmp_path / "m.gguf"))
     adapter.tokenizer.eog_ids = frozenset()  # a vocabulary without one
-    engine = Engine(adapter, EngineConfig(kv_cache_tokens=256))
+    engine = Engine(adapter.loaded, EngineConfig(kv_cache_tokens=256))
     request = AdapterForwardConfig(request_id="j", prompt_ids=(1, 2), response_format="json_object")
     with pytest.raises(RequestError, match="needs an end-of-generation token") as info:
         engine.add_request(request)
@@ -249,10 +249,10 @@ def test_prefix_cache_skips_the_shared_prompt_and_changes_no_token(smol):
     greedy tokens equal those of an engine without the cache, also when blocks get evicted."""
     prompts = [LONG + "Name a colour.", LONG + "Name a colour. Then a fruit.", LONG + "Count to five."]
     configs = [cfg(smol, i, p, max_tokens=8) for i, p in enumerate(prompts)]
-    plain = Engine(smol, EngineConfig(prefix_caching=False))
+    plain = Engine(smol.loaded, EngineConfig(prefix_caching=False))
     expected = {c.request_id: run(plain, [c])[(c.request_id, 0)] for c in configs}
     assert plain.stats().cached_prompt_tokens == 0
-    cached = Engine(smol, EngineConfig(block_size=16))
+    cached = Engine(smol.loaded, EngineConfig(block_size=16))
     got = {}
     for c in configs:
         before = cached.stats().cached_prompt_tokens
@@ -270,10 +270,10 @@ def test_prefix_cache_forgets_blocks_that_were_reused(smol):
         smol, 0, LONG + "Name a colour, then a fruit, then a vegetable, then a tree. " * 2, max_tokens=8
     )
     second = cfg(smol, 1, LONG + "Count to five in French, German, Spanish and Italian. " * 2, max_tokens=8)
-    plain = Engine(smol, EngineConfig(prefix_caching=False))
+    plain = Engine(smol.loaded, EngineConfig(prefix_caching=False))
     expected = {c.request_id: run(plain, [c])[(c.request_id, 0)] for c in (first, second)}
     assert -(-(len(first.prompt_ids) + 8) // 16) <= 8 and len(first.prompt_ids) > 6 * 16
-    tight = Engine(smol, EngineConfig(block_size=16, kv_cache_tokens=16 * 8))
+    tight = Engine(smol.loaded, EngineConfig(block_size=16, kv_cache_tokens=16 * 8))
     again = msgspec.structs.replace(first, request_id="again")
     outputs = {c.request_id: run(tight, [c])[(c.request_id, 0)] for c in (first, second, again)}
     assert outputs == expected | {"again": expected[first.request_id]}
@@ -281,7 +281,7 @@ def test_prefix_cache_forgets_blocks_that_were_reused(smol):
 
 
 def test_prefix_cache_is_not_used_while_prompt_logprobs_are_wanted(smol):
-    engine = Engine(smol, EngineConfig())
+    engine = Engine(smol.loaded, EngineConfig())
     first = cfg(smol, 0, LONG, max_tokens=2)
     run(engine, [first])
     events = []

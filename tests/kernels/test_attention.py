@@ -4,7 +4,8 @@ backend. Tolerance: 2e-5 absolute on outputs of magnitude ~1 (online softmax and
 import numpy as np
 import pytest
 
-from inference.model.backends.numpy_backend import AttentionSeq, NumpyBackend
+from inference.model.backends.base import AttentionSeq
+from inference.model.backends.numpy_backend import NumpyBackend
 
 ref = NumpyBackend()
 BS = 16  # block_size of the paged cache

@@ -252,7 +252,7 @@ def test_estimate_memory_kv_scales_with_dtype_and_context_caps_scores():
     f16 = estimate_memory(SMOLLM2, weight_bytes=0, num_kv_tokens=20_000, max_batch_tokens=1, kv_dtype_bytes=2)
     assert (f32.kv_cache, f16.kv_cache) == (46_080 * 20_000, 23_040 * 20_000)
     assert f32.activations == f16.activations == 4 * (10_944 + 2 * 9 * 8192 + 2 * 3 * 8192 * 64 + 49152)
-    assert KVCache.bytes_per_token(SMOLLM2) == f32.kv_bytes_per_token  # the engine's own accounting agrees
+    assert KVCache.bytes_per_token(SMOLLM2, 4) == f32.kv_bytes_per_token  # the engine's own accounting agrees
 
 
 def test_estimate_memory_rejects_negative_sizes():

@@ -7,7 +7,8 @@ that path and the per-sequence one on mixed batches, with GQA, sliding windows a
 import numpy as np
 import pytest
 
-from inference.model.backends.numpy_backend import AttentionSeq, NumpyBackend, _decode_groups
+from inference.model.backends.base import AttentionSeq
+from inference.model.backends.numpy_backend import NumpyBackend, _decode_groups
 
 BS = 16
 

@@ -323,6 +323,9 @@ class CudaBackend:
             self._driver_call("cuMemsetD32", self._drv.memset_d32, c.ptr, 0, c.size)
         return caches
 
+    def kv_bytes_per_element(self) -> int:
+        return 4  # float32 caches
+
     def close(self) -> None:
         if self._closed:
             return

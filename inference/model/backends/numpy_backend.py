@@ -3,11 +3,11 @@
 import ctypes
 import ctypes.util
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
 from ...gguf.loader import TensorInfo, dequantize
+from .base import AttentionSeq
 
 # Up to this many rows, one gemv per row beats a gemm (OpenBLAS's gemm at 2-4 rows costs about what it
 # does at 16): a decode step of 2 sequences takes 39.5 instead of 57.2 ms on SmolLM2, 126 instead of
@@ -18,16 +18,6 @@ GEMV_ROWS = 3
 SMALL_GEMM_ROWS = 40
 ALIGN = 16  # float32 elements: arranged weights start on 64-byte (cache-line, AVX-512) boundaries
 _MALLOC_TRIM = getattr(ctypes.CDLL(ctypes.util.find_library("c")), "malloc_trim", None)
-
-
-@dataclass(frozen=True)
-class AttentionSeq:
-    """One sequence of a packed batch: its queries are the last `query_len` of `context_len` tokens."""
-
-    query_start: int  # first row of this sequence in the packed [T, ...] activations
-    query_len: int
-    context_len: int  # tokens in the KV cache for this sequence, including the new ones
-    block_table: np.ndarray  # [ceil(context_len / block_size)] int32
 
 
 class LayerArena:
@@ -82,6 +72,19 @@ class NumpyBackend:
     def layer_arena(self, sizes: list[int]) -> "LayerArena":
         # one buffer for the layers' arrays (at most these sizes), filled in the order a forward reads them
         return LayerArena(sizes)
+
+    def alloc_kv(self, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+        # float32 caches; np.zeros maps zero pages lazily: untouched blocks cost no resident memory
+        return [np.zeros(shape, np.float32) for _ in range(count)]
+
+    def kv_bytes_per_element(self) -> int:
+        return 4
+
+    def gather_rows(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return x[rows]
+
+    def to_host(self, x: np.ndarray) -> np.ndarray:
+        return x
 
     def embed(self, table: np.ndarray, ids: np.ndarray) -> np.ndarray:
         # table [V, D], ids [T] -> [T, D]
