@@ -85,6 +85,32 @@ _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _FIELD = re.compile(r"(?:unknown|missing required) field `(?P<field>[^`]+)`")
 
 
+def request_error_from_undecodable(exc: Exception, body: bytes | None) -> RequestError:
+    """The 400 for a body msgspec cannot decode: invalid UTF-8 in a string (msgspec raises
+    UnicodeDecodeError, with an offset inside that string), nesting beyond the recursion limit, bad JSON
+    or a value of the wrong type."""
+    if isinstance(exc, UnicodeDecodeError):
+        return _invalid_utf8(body or b"")
+    if isinstance(exc, RecursionError):
+        return RequestError(
+            "the request body nests arrays or objects too deeply to decode; no request field needs more "
+            "than a few levels",
+            None,
+            "invalid_json",
+        )
+    assert isinstance(exc, msgspec.MsgspecError)
+    return request_error_from_msgspec(exc)
+
+
+def _invalid_utf8(body: bytes) -> RequestError:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = f"byte 0x{body[e.start]:02x} at offset {e.start} ({e.reason})"
+        return RequestError(f"the request body is not valid UTF-8: {where}", None, "invalid_json")
+    return RequestError("the request body is not valid UTF-8", None, "invalid_json")
+
+
 def request_error_from_msgspec(exc: msgspec.MsgspecError) -> RequestError:
     """'Expected `int`, got `str` - at `$.n`' -> RequestError(..., param='n')."""
     text = str(exc)

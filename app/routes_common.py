@@ -21,7 +21,7 @@ from inference.events import TokenEvent, TokenLogprobs
 
 from . import sse
 from .engine_client import EngineClient, Generation, GenerationFailed
-from .errors import APIError, request_error_from_msgspec
+from .errors import APIError, request_error_from_undecodable
 from .metrics import Metrics
 from .protocol import CompletionLogprobs, TokenLogprob, TopLogprob, Usage
 from .settings import Settings
@@ -85,14 +85,14 @@ class StrictJSON(AbstractDTO[T], Generic[T]):
     def decode_bytes(self, value: bytes) -> Any:
         try:
             return msgspec.json.decode(value, type=self.model_type)
-        except msgspec.MsgspecError as exc:
-            raise request_error_from_msgspec(exc) from None
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
+            raise request_error_from_undecodable(exc, value) from None
 
     def decode_builtins(self, value: Any) -> Any:
         try:
             return msgspec.convert(value, type=self.model_type)
-        except msgspec.MsgspecError as exc:
-            raise request_error_from_msgspec(exc) from None
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            raise request_error_from_undecodable(exc, None) from None
 
     @classmethod
     def create_for_field_definition(

@@ -287,7 +287,7 @@ def _sampling(req, model: ServedModel, logprobs: int | None) -> SamplingParams:
     return SamplingParams(
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=max(req.top_k or 0, 0),
+        top_k=0 if (req.top_k or 0) >= model.vocab_size else max(req.top_k or 0, 0),  # >= V: keeps all
         min_p=req.min_p or 0.0,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         presence_penalty=req.presence_penalty or 0.0,
