@@ -9,6 +9,8 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs`: OpenAI's limit (vLLM allows 20)
 MAX_TOP_LOGPROBS = 20  # chat `top_logprobs`: OpenAI's limit
 MAX_STOP_SEQUENCES = 16  # OpenAI allows 4; vLLM has no limit
+MAX_STOP_CHARS = 256  # characters of one stop string (the output holds back that much text)
+MAX_STOP_TOKEN_IDS = 64  # vLLM's extra `stop_token_ids`
 MAX_N = 128
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
@@ -19,7 +21,8 @@ N = Annotated[int, Meta(ge=1, le=MAX_N)]
 TopK = Annotated[int, Meta(ge=-1)]  # -1 or 0: disabled (vLLM uses -1)
 MinP = Annotated[float, Meta(ge=0.0, le=1.0)]
 RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
-Stop = str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)]
+StopString = Annotated[str, Meta(max_length=MAX_STOP_CHARS)]
+Stop = StopString | Annotated[list[StopString], Meta(max_length=MAX_STOP_SEQUENCES)]
 TokenId = Annotated[int, Meta(ge=0)]
 
 
@@ -62,7 +65,7 @@ class _Sampling(_Strict, kw_only=True):
     min_p: MinP | None = None
     repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
-    stop_token_ids: list[TokenId] | None = None
+    stop_token_ids: Annotated[list[TokenId], Meta(max_length=MAX_STOP_TOKEN_IDS)] | None = None
 
 
 class CompletionRequest(_Sampling, kw_only=True):

@@ -15,11 +15,12 @@ import uvicorn
 
 from inference.errors import GGUFServeError
 from inference.gguf.registry import MODELS, resolve_model
+from inference.model.backends import BackendConfig
 
 from .engine_client import EngineClient
 from .metrics import Metrics
 from .server import create_app
-from .settings import Settings, SettingsError, add_arguments, from_args
+from .settings import Settings, SettingsError, add_arguments, from_args, is_loopback
 from .translate import ServedModel
 
 log = logging.getLogger("gguf_serve")
@@ -95,7 +96,9 @@ def build(settings: Settings) -> tuple[DrainingServer, EngineClient]:
     metrics = Metrics(model.name)
     engine = EngineClient(
         path,
-        backend=settings.backend,
+        backend=BackendConfig(
+            name=settings.backend, threads=settings.threads, kv_cache_dtype=settings.kv_cache_dtype
+        ),
         max_waiting=settings.max_waiting,
         request_timeout_s=settings.request_timeout_s,
         metrics=metrics,
@@ -140,6 +143,13 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not settings.api_key and not is_loopback(settings.host):
+        log.warning(
+            "listening on %s without an API key: anyone who can reach port %d can use this server; "
+            "set api_key_file (or GGUF_SERVE_API_KEY)",
+            settings.host,
+            settings.port,
+        )
     try:
         server, _ = build(settings)
     except (GGUFServeError, OSError) as exc:

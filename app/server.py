@@ -7,6 +7,7 @@ import msgspec
 from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference.errors import RequestError
 
@@ -116,6 +117,28 @@ async def metrics(request: Request) -> Response[str]:
 
 # -- the app ---------------------------------------------------------------------------------------
 
+RETRY_AFTER_S = 5  # on a 503 that does not say otherwise: loading, a restarting worker, a drain
+
+
+def retry_after_on_503(app: ASGIApp) -> ASGIApp:
+    """Middleware: every 503 tells the client when to retry (during a drain another replica answers)."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_retry_after(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers") or [])
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    message = {
+                        **message,
+                        "headers": [*headers, (b"retry-after", str(RETRY_AFTER_S).encode())],
+                    }
+            await send(message)
+
+        await app(scope, receive, send_with_retry_after if scope["type"] == "http" else send)
+
+    return middleware
+
+
 REQUEST_MODELS = (
     CompletionRequest,
     ChatCompletionRequest,
@@ -179,9 +202,11 @@ def create_app(settings: Settings, model: ServedModel, engine: EngineClient, met
             detokenize,
         ],
     )
+    docs_guards = [] if settings.public_docs else [require_api_key]  # the guard passes when no key is set
     return Litestar(
         route_handlers=[health, metrics, protected],
         lifespan=[lifespan],
+        middleware=[retry_after_on_503],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         state=State({"service": service, "max_body_bytes": settings.max_body_bytes}),
@@ -189,6 +214,7 @@ def create_app(settings: Settings, model: ServedModel, engine: EngineClient, met
             title="gguf-serve",
             version=service.version,
             description="OpenAI-compatible inference server for GGUF models",
+            openapi_router=Router(path="/schema", guards=docs_guards, route_handlers=[]),
         ),
         logging_config=None,
         debug=False,

@@ -1,6 +1,7 @@
 """Settings: one msgspec Struct; precedence CLI flag > GGUF_SERVE_* env > TOML file > default."""
 
 import argparse
+import ipaddress
 import os
 import re
 import tomllib
@@ -36,7 +37,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     api_key: str = ""  # "" = no authentication
-    backend: Literal["auto", "cuda", "numpy"] = "auto"
+    api_key_file: str = ""  # a file holding the key (kept out of argv and the environment)
+    public_docs: bool = False  # OpenAPI schema and docs without the key (they always are without one)
+    backend: Literal["auto", "cuda", "cpu", "numpy"] = "auto"
+    threads: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = the cores this process may use
+    kv_cache_dtype: Literal["f16", "f32"] = "f16"  # the cpu backend's KV cache; numpy and cuda keep f32
     max_num_seqs: PositiveInt = 16
     max_waiting: Annotated[int, msgspec.Meta(ge=0)] = 64
     max_num_batched_tokens: PositiveInt = 512
@@ -57,7 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
-_CHOICES = ("backend", "log_level")  # Literal-typed settings: an error lists the choices
+_CHOICES = ("backend", "kv_cache_dtype", "log_level")  # Literal-typed settings: an error lists the choices
 
 # A layer: (values, where they came from, strict types?). TOML is typed; env and CLI are text.
 Layer = tuple[dict[str, Any], str, bool]
@@ -97,10 +102,50 @@ def load_settings(
         merged.update(typed)
         origin.update({key: _describe(source, key) for key in typed})
     try:
-        return Settings(**merged)
+        settings = Settings(**merged)
     except ValueError as exc:
         named = [f"{k} from {origin.get(k, 'the default')}" for k in ("kv_cache_tokens", "block_size")]
         raise SettingsError(f"invalid settings: {exc} ({'; '.join(named)})") from None
+    return _with_api_key(settings, origin)
+
+
+# Keys that ship as examples (.env.example): a server started with one is open to anyone who read them.
+EXAMPLE_API_KEYS = frozenset({"change-me"})
+_GENERATE_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _with_api_key(settings: Settings, origin: dict[str, str]) -> Settings:
+    """Reads api_key_file into api_key; refuses both at once, an empty file and the example key."""
+    if settings.api_key_file:
+        where = origin.get("api_key_file", "the default")
+        if settings.api_key:
+            raise SettingsError(f"set api_key ({origin.get('api_key')}) or api_key_file ({where}), not both")
+        try:
+            key = Path(settings.api_key_file).expanduser().read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(
+                f"api_key_file {settings.api_key_file} from {where} cannot be read: {exc}"
+            ) from None
+        if not key:
+            raise SettingsError(f"api_key_file {settings.api_key_file} from {where} is empty")
+        settings = msgspec.structs.replace(settings, api_key=key)
+        origin = {**origin, "api_key": f"the file {settings.api_key_file}"}
+    if settings.api_key in EXAMPLE_API_KEYS:
+        raise SettingsError(
+            f"api_key from {origin.get('api_key')} is the example value from .env.example; "
+            f"generate a key: {_GENERATE_KEY}"
+        )
+    return settings
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` is reachable from this machine only (localhost, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _toml_layer(path: Path) -> Layer:
@@ -193,8 +238,12 @@ _HELP = {  # one line each for --help; config/default.toml explains every settin
     "served_model_name": "name clients pass as `model`; '' = registry name or file stem",
     "host": "interface to listen on",
     "port": "TCP port",
-    "api_key": "require 'Authorization: Bearer KEY'; '' = no authentication",
-    "backend": "auto | cuda | numpy",
+    "api_key": "require 'Authorization: Bearer KEY'; '' = no authentication (prefer --api-key-file)",
+    "api_key_file": "read the API key from this file (other local users cannot see it in ps)",
+    "public_docs": "serve /schema (OpenAPI, docs) without the API key (true | false)",
+    "backend": "auto | cuda | cpu | numpy",
+    "threads": "threads of the cpu backend's kernels; 0 = every core this process may use",
+    "kv_cache_dtype": "f16 | f32: the cpu backend's KV-cache element type",
     "max_num_seqs": "sequences decoded together",
     "max_waiting": "sequences queued beyond max_num_seqs before 429",
     "max_num_batched_tokens": "tokens per forward pass",
