@@ -1,5 +1,5 @@
 # gguf-serve images. One runtime stage, two variants chosen by VARIANT:
-#   docker build -t gguf-serve:0.1.0-cpu .                            # NumPy backend, python:3.11-slim
+#   docker build -t gguf-serve:0.1.0-cpu .                            # cpu backend, python:3.11-slim
 #   docker build --build-arg VARIANT=cuda -t gguf-serve:0.1.0-cuda .  # CUDA backend, nvidia/cuda devel + nvcc
 # Both run as uid 10001, keep the model cache on the /models volume, and exec the server as PID 1
 # (exec-form ENTRYPOINT), so SIGTERM reaches it directly and it drains within GGUF_SERVE_SHUTDOWN_GRACE_S.
@@ -15,11 +15,21 @@ ARG CUDA_IMAGE=nvidia/cuda:12.6.3-devel-ubuntu24.04@sha256:392c0df7b577ecae17a17
 ARG VARIANT=cpu
 
 # ---------------------------------------------------------------------------------------------------
-# cpu: the slim Python image; every dependency has a wheel, so the build needs no compiler.
+# cpu: the slim Python image. The native CPU kernels (cpu/*.c) are compiled in the build stage, with gcc,
+# into the venv; the runtime needs only the OpenMP runtime they link (libgomp1). The kernels pick their
+# SIMD path (scalar, AVX2, AVX-512, AVX-512 VNNI) at run time, so the image runs on any x86-64 host.
 FROM ${PYTHON_IMAGE} AS cpu-base
-ENV GGUF_SERVE_BACKEND=numpy
+ENV GGUF_SERVE_BACKEND=cpu
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 
 FROM cpu-base AS cpu-build
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # the build context is .dockerignore's allow-list: exactly what `pip install .` needs
 COPY . .

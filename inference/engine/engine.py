@@ -6,10 +6,14 @@ import numpy as np
 from ..errors import RequestError
 from ..events import TokenEvent, TokenLogprobs
 from ..forward_config import AdapterForwardConfig
-from ..model.backends import BackendConfig
+from ..gguf.loader import load_gguf
+from ..gguf.model_config import ModelConfig
+from ..gguf.registry import resolve_model
+from ..model.backends import BackendConfig, select_backend
 from ..model.loaded import LoadedModel
 from ..text.json_mode import JsonConstraint, JsonVocabulary
 from ..text.output_text import OutputText
+from . import memory
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .sampler import Sampler, SequenceSampling, top_logprobs
@@ -53,7 +57,17 @@ class Engine:
     def load(
         cls, model_path, *, backend: BackendConfig | str = "numpy", config: EngineConfig | None = None
     ) -> "Engine":
-        return cls(LoadedModel.load(model_path, backend), config)
+        """A registry name or .gguf path on a backend, refused up front (OutOfMemoryError naming both
+        numbers) when the weights, the KV cache and the activations would not fit in host memory."""
+        config = config or EngineConfig()
+        gguf = load_gguf(resolve_model(model_path))
+        ops = select_backend(backend)
+        if ops.name != "cuda":  # the CUDA backend checks device memory as it allocates
+            est = memory.estimate(
+                gguf, ModelConfig.from_gguf(gguf), ops, config.kv_cache_tokens, config.max_num_batched_tokens
+            )
+            memory.check_fits(est)
+        return cls(LoadedModel.from_gguf(gguf, ops), config)
 
     @property
     def tokenizer(self):

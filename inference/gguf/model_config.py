@@ -296,6 +296,7 @@ def estimate_memory(
     num_kv_tokens: int,
     max_batch_tokens: int,
     kv_dtype_bytes: int = 4,
+    attention_scores: bool = True,
 ) -> MemoryEstimate:
     """Bytes the engine needs (all terms in bytes; T = max_batch_tokens, C = min(num_kv_tokens, context)):
 
@@ -303,7 +304,9 @@ def estimate_memory(
     kv_per_tok  = 2 (K and V) * num_layers * num_kv_heads * head_dim * kv_dtype_bytes
     kv_cache    = kv_per_tok * num_kv_tokens
     activations = 4 * (T * (3 * hidden + (2 * heads + 2 * kv_heads) * head_dim + 5 * ffn)  one layer
-                       + 2 * T * heads * C            attention scores and probabilities
+                       + 2 * T * heads * C            attention scores and probabilities (when the
+                                                      backend materialises them: numpy; not the
+                                                      cpu kernels' online softmax)
                        + 2 * kv_heads * C * head_dim  one sequence's gathered K and V
                        + T * vocab)                   logits, when every row wants them
     overhead    = 128 MiB + 5% of (weights + kv_cache + activations)
@@ -324,9 +327,8 @@ def estimate_memory(
     kv_cache = kv_per_token * num_kv_tokens
     t, ctx = max_batch_tokens, min(num_kv_tokens, c.context_length)
     per_token = 3 * c.hidden_dim + (2 * c.num_heads + 2 * c.num_kv_heads) * c.head_dim + 5 * c.ffn_dim
-    floats = (
-        t * per_token + 2 * t * c.num_heads * ctx + 2 * c.num_kv_heads * ctx * c.head_dim + t * c.vocab_size
-    )
+    scores = 2 * t * c.num_heads * ctx if attention_scores else 0
+    floats = t * per_token + scores + 2 * c.num_kv_heads * ctx * c.head_dim + t * c.vocab_size
     activations = ACTIVATION_BYTES * floats
     overhead = OVERHEAD_BASE + int(OVERHEAD_FRACTION * (weight_bytes + kv_cache + activations))
     total = weight_bytes + kv_cache + activations + overhead

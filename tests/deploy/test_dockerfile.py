@@ -81,7 +81,7 @@ def env_of(steps: list[tuple[str, str]]) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("variant", "base", "extra", "backend"),
-    [("cuda", "${CUDA_IMAGE}", ".[cuda]", "cuda"), ("cpu", "${PYTHON_IMAGE}", ".", "numpy")],
+    [("cuda", "${CUDA_IMAGE}", ".[cuda]", "cuda"), ("cpu", "${PYTHON_IMAGE}", ".", "cpu")],
 )
 def test_runtime_image(variant, base, extra, backend):
     root, steps = image_of(variant, "runtime")
@@ -106,9 +106,11 @@ def test_runtime_image(variant, base, extra, backend):
     assert f'pip install --no-cache-dir --disable-pip-version-check "{extra}"' in build_runs or (
         f"pip install --no-cache-dir --disable-pip-version-check {extra}" in build_runs
     )
+    runtime_runs = " ".join(a for op, a in steps if op == "RUN")
     if variant == "cuda":  # pycuda's SourceModule runs nvcc, which calls the host C++ compiler
-        runtime_runs = " ".join(a for op, a in steps if op == "RUN")
         assert "python3 g++" in runtime_runs
+    else:  # the native kernels are compiled by pip in the build stage; the runtime has their OpenMP library
+        assert "gcc" in build_runs and "gcc" not in runtime_runs and "libgomp1" in runtime_runs
 
 
 def test_cpu_is_the_default_variant():
@@ -142,7 +144,16 @@ def test_dockerignore_keeps_what_the_build_copies():
         for src in args.split()[:-1]
     }  # fmt: skip
     assert sources == {"."}  # the build context, which .dockerignore cuts down to what `pip install .` needs
-    for path in ("pyproject.toml", "README.md", "app", "inference", "config", "cuda", "cuda/common.cuh"):
+    for path in (
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "app",
+        "inference",
+        "config",
+        "cuda",
+        "cpu/common.h",
+    ):
         assert not dockerignore_excludes(path), f".dockerignore drops {path}, which `pip install .` needs"
     for path in (".venv", ".env", "tests", "build", "gguf_serve.egg-info", "app/__pycache__"):
         assert dockerignore_excludes(path), f".dockerignore lets {path} into the image build"

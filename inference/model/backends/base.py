@@ -37,6 +37,9 @@ class Backend(Protocol):
     def load_weight(self, tensor: TensorInfo) -> Any:
         """A GGUF tensor as the backend computes on it: [N, K] matrices, [D] norms and biases."""
 
+    def stored_bytes(self, tensor: TensorInfo) -> int:
+        """Bytes the backend will hold for this tensor once loaded (the start-up memory estimate)."""
+
     def fuse(self, parts: list) -> Any:
         """Output rows stacked: [N1 + N2 + ..., K] (q|k|v, gate|up) or their biases."""
 

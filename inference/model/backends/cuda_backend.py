@@ -359,6 +359,10 @@ class CudaBackend:
         self.weight_bytes += raw.nbytes
         return DeviceWeight(self.to_device(raw, True, f"tensor {tensor.name}"), suffix, n, k)
 
+    def stored_bytes(self, tensor) -> int:
+        # device bytes: matrices stay quantized, vectors become float32
+        return 4 * tensor.n_elements if len(tensor.shape) == 1 else tensor.nbytes
+
     def fuse(self, parts: list) -> DeviceWeight | SplitWeight | DeviceArray:
         """Stacks output rows (q|k|v, gate|up, or their biases) so one launch serves them all; parts of
         different quant types stay separate launches into column ranges of one output."""

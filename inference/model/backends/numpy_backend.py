@@ -65,6 +65,9 @@ class NumpyBackend:
         # [N, K] float32, C-contiguous: rows are output features, so `W @ x` streams memory in order
         return np.ascontiguousarray(dequantize(tensor), dtype=np.float32)
 
+    def stored_bytes(self, tensor: TensorInfo) -> int:
+        return 4 * tensor.n_elements  # dequantized to float32
+
     def fuse(self, parts: list[np.ndarray]) -> np.ndarray:
         # stacks output rows: [N1 + N2 + ..., K] (q|k|v, gate|up) so one product serves them all
         return np.concatenate(parts)
