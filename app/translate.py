@@ -181,9 +181,13 @@ def chat_plan(req: ChatCompletionRequest, model: ServedModel, request_id: str) -
 def chat_prompt_ids(
     messages: list[Message], model: ServedModel, *, add_generation_prompt: bool = True
 ) -> list[int]:
-    """The chat template's text for `messages`, encoded with special tokens (the template adds BOS)."""
-    text = model.template.render(template_messages(messages), add_generation_prompt=add_generation_prompt)
-    return model.tokenizer.encode(text, allow_special=True, add_bos=False)
+    """The chat template's text for `messages`, encoded with special tokens (the template adds BOS):
+    only the template's own markup becomes control tokens; the messages' text stays text."""
+    tok = model.tokenizer
+    text, plain = model.template.render_marked(
+        template_messages(messages), tok.special_texts, add_generation_prompt=add_generation_prompt
+    )
+    return tok.encode(text, allow_special=True, add_bos=False, plain_at=plain)
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:

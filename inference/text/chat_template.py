@@ -3,6 +3,7 @@
 import contextlib
 import ctypes
 import functools
+import itertools
 import json
 import re
 import threading
@@ -42,6 +43,10 @@ _MAX_INT_BITS = 2**14
 # a %-format or {}-format field whose width or precision (8 digits or more) could exceed the bound
 _WIDTH = re.compile(r"%[-+ #0]*\d*\.?\d{8,}|\{[^{}]*:[^{}]*\d{8,}")
 _PROBE = "<<gguf-serve probe>>"
+
+# Unicode noncharacters: render_marked puts one (absent from the data and the prompt) before each
+# special-token text in the data.
+_MARKERS = tuple(map(chr, range(0xFDD0, 0xFDF0)))
 
 # Variables render() sets itself; **extra may not shadow them.
 _RESERVED = frozenset({"messages", "add_generation_prompt", "tools", "bos_token", "eos_token"})
@@ -106,6 +111,40 @@ class ChatTemplate:
             "eos_token": self.eos_token,
         }
         return _render(self._template, context, _Budget(self.max_output_chars, self.timeout_s))
+
+    def render_marked(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        special_texts: frozenset[str],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping] | None = None,
+    ) -> tuple[str, list[int]]:
+        """The prompt, and the positions in it where special-token text from the messages (or tools)
+        begins: there the tokenizer must keep text as text, so only the template's own markup becomes
+        control tokens (a user cannot forge "<|im_end|><|im_start|>system").
+
+        Only when the data holds such text (or ends a string with the start of one), the template renders
+        once more with a marker before each: the marked prompt, markers removed, must be the prompt, or
+        the template rewrote that text and the messages are refused (TemplateError)."""
+        text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
+        specials = _Specials.of(special_texts)
+        if not any(specials.starts(s) for s in _strings((messages, tools))):
+            return text, []
+        marker = next((m for m in _MARKERS if m not in text and not _holds((messages, tools), m)), None)
+        if marker is None:
+            raise TemplateError("the messages use every marker character U+FDD0..U+FDEF; remove them")
+        marked_messages, marked_tools = _mark((messages, tools), specials, marker)
+        pieces = self.render(marked_messages, add_generation_prompt=add_generation_prompt, tools=marked_tools)
+        pieces = pieces.split(marker)
+        if "".join(pieces) != text:
+            special = specials.first(_strings((messages, tools)))
+            what = f"the special-token text {special!r}" if special else "the start of a special-token text"
+            raise TemplateError(
+                f"a message holds {what} where the chat template rewrites it, so it cannot be kept as plain "
+                "text; remove it from the message"
+            )
+        return text, list(itertools.accumulate(len(p) for p in pieces[:-1]))
 
 
 class _GenerationTag(Extension):
@@ -468,6 +507,72 @@ def _part_text(index: int, j: int, part: Any) -> str:
     if not isinstance(part.get("text"), str):
         raise TemplateError(f"{where}.text must be a string")
     return part["text"]
+
+
+class _Specials:
+    """Where special-token texts start in a string: each whole occurrence (leftmost, longest first, as
+    the tokenizer matches them), and a tail that begins one (text that the template, or the next
+    string, could complete)."""
+
+    def __init__(self, texts: frozenset[str]):
+        ordered = sorted(texts, key=len, reverse=True)
+        firsts = "".join(sorted({re.escape(t[0]) for t in texts}))
+        self._whole = re.compile(f"(?=[{firsts}])(?:{'|'.join(map(re.escape, ordered))})") if texts else None
+        self._first = re.compile(f"[{firsts}]") if texts else None
+        self._heads = frozenset(t[:k] for t in texts for k in range(1, len(t)))
+        self._longest = max(map(len, texts), default=0)
+
+    @classmethod
+    @functools.lru_cache(maxsize=8)
+    def of(cls, texts: frozenset[str]) -> "_Specials":
+        return cls(texts)
+
+    def starts(self, text: str) -> list[int]:
+        if self._whole is None:
+            return []
+        found = [m.start() for m in self._whole.finditer(text)]
+        tail = max(len(text) - self._longest + 1, found[-1] + 1 if found else 0)
+        heads = (m.start() for m in self._first.finditer(text, tail) if text[m.start() :] in self._heads)
+        return found + list(itertools.islice(heads, 1))
+
+    def first(self, strings: Iterator[str]) -> str | None:
+        for text in strings:
+            if self._whole is not None and (m := self._whole.search(text)):
+                return m.group()
+        return None
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in nested dicts (keys too), lists and tuples."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _holds(value: Any, char: str) -> bool:
+    return any(char in s for s in _strings(value))
+
+
+def _mark(value: Any, specials: _Specials, marker: str) -> Any:
+    """A copy of `value` with `marker` before every special-token text (or head of one) in its strings."""
+    if isinstance(value, str):
+        starts = specials.starts(value)
+        if not starts:
+            return value
+        cuts = [0, *starts, len(value)]
+        return marker.join(value[a:b] for a, b in itertools.pairwise(cuts))
+    if isinstance(value, Mapping):
+        return {_mark(k, specials, marker): _mark(v, specials, marker) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        items = [_mark(item, specials, marker) for item in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """Tokenizer from GGUF vocabulary metadata: tiktoken BPE for byte-level and SentencePiece vocabularies."""
 
+import bisect
 import codecs
 import itertools
 import logging
@@ -100,6 +101,7 @@ class Tokenizer:
         self.add_bos = vocab.add_bos
         self._special = {vocab.tokens[i]: i for i in vocab.ids_of(*SPECIAL_TYPES) if vocab.tokens[i]}
         self._special_re = _special_regex(self._special)
+        self.special_texts = frozenset(self._special)  # what encode(allow_special=True) makes ids of
         self._special_ids = frozenset(self._special.values())
         eog = {vocab.special_ids[key] for key in EOG_ID_KEYS} | {self._special.get(t) for t in EOG_TEXTS}
         self.eog_ids = frozenset(eog - {None})
@@ -117,16 +119,25 @@ class Tokenizer:
 
     # -- encoding -------------------------------------------------------------------------------------
 
-    def encode(self, text: str, *, allow_special: bool = False, add_bos: bool | None = None) -> list[int]:
+    def encode(
+        self,
+        text: str,
+        *,
+        allow_special: bool = False,
+        add_bos: bool | None = None,
+        plain_at: Sequence[int] = (),
+    ) -> list[int]:
         """Token ids of `text`. Texts of special tokens (control, user-defined) become their ids only
-        with allow_special (chat templates); otherwise they are ordinary text (user content)."""
+        with allow_special (chat templates); otherwise they are ordinary text (user content). With
+        allow_special, a special-token text that covers one of the character positions `plain_at` stays
+        ordinary text too (in a chat prompt: one that came from a message, not from the template)."""
         ids = []
         if self.add_bos if add_bos is None else add_bos:
             if self.bos_id is None:
                 raise TokenizerError("add_bos requested but the vocabulary has no BOS token")
             ids.append(self.bos_id)
         after_special = True  # SPM: "▁" goes before the text and before text that follows a special token
-        for part in self._split_special(text) if allow_special else (text,):
+        for part in self._split_special(text, plain_at) if allow_special else (text,):
             if isinstance(part, int):
                 ids.append(part)
                 after_special = True
@@ -135,12 +146,22 @@ class Tokenizer:
                 after_special = False
         return ids
 
-    def _split_special(self, text: str) -> Iterator[str | int]:
+    def _split_special(self, text: str, plain_at: Sequence[int]) -> Iterator[str | int]:
+        """Text and special-token ids in order; specials covering a position in plain_at stay text."""
         if self._special_re is None:
             yield text
             return
-        for n, part in enumerate(self._special_re.split(text)):
-            yield self._special[part] if n % 2 else part
+        plain = sorted(plain_at)
+        start = 0
+        for match in self._special_re.finditer(text):
+            a, b = match.span()
+            i = bisect.bisect_left(plain, a)
+            if i < len(plain) and plain[i] < b:
+                continue  # it stays in the text around it
+            yield text[start:a]
+            yield self._special[text[a:b]]
+            start = b
+        yield text[start:]
 
     def special_token_id(self, text: str) -> int | None:
         """The id of the special (control, user-defined, unknown) token spelled `text`, if any."""
