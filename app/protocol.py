@@ -5,6 +5,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from inference.errors import RequestError
+
 # Limits we choose (documented in the README's API section):
 MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs`: OpenAI's limit (vLLM allows 20)
 MAX_TOP_LOGPROBS = 20  # chat `top_logprobs`: OpenAI's limit
@@ -24,6 +26,9 @@ RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
 StopString = Annotated[str, Meta(max_length=MAX_STOP_CHARS)]
 Stop = StopString | Annotated[list[StopString], Meta(max_length=MAX_STOP_SEQUENCES)]
 TokenId = Annotated[int, Meta(ge=0)]
+MetadataMap = Annotated[  # OpenAI's bounds on `metadata`: 16 pairs, keys <= 64, values <= 512 characters
+    dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)
+]
 
 
 class _Strict(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -167,15 +172,34 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     logprobs: bool | None = False
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: ResponseFormat | None = None
-    # Known but not supported (until tool calling is): set, they get 400 naming them.
+    # Accepted, and without effect on generation (the README's field table says what happens to each).
+    store: bool | None = None  # nothing is stored
+    metadata: MetadataMap | None = None  # OpenAI's bounds; only validated
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None  # one tier here
+    prompt_cache_key: str | None = None  # prefix caching needs no key
+    safety_identifier: str | None = None  # like `user`
+    parallel_tool_calls: bool | None = None  # meaningless without tools
+    # Known but not supported (until tool calling is): set, they get 400 naming them (translate checks).
     tools: list[Any] | None = None
     tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
     modalities: list[str] | None = None
     prediction: Any = None
+    # Known, and cannot be honoured by a server without reasoning, search or verbosity control: set to
+    # anything but null they get 400 "... is not supported by this server" as the body is decoded.
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+    verbosity: Any = None
+
+    _not_supported: ClassVar[tuple[str, ...]] = ("reasoning_effort", "web_search_options", "verbosity")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in self._not_supported:
+            if getattr(self, name) is not None:
+                raise RequestError(f"{name} is not supported by this server", name, "unsupported_parameter")
 
 
 # -- responses -------------------------------------------------------------------------------------
@@ -350,7 +374,8 @@ class ErrorResponse(Struct, kw_only=True):
 
 
 class Health(Struct, kw_only=True):
-    status: Literal["ok", "loading", "worker_down", "shutting_down"]
+    status: Literal["ok", "fetching", "loading", "worker_down", "shutting_down"]
+    detail: str | UnsetType = UNSET  # what the server is doing, when it is not "ok"
 
 
 def json_bytes(obj: Any) -> bytes:

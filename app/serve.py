@@ -1,4 +1,5 @@
-"""`gguf-serve serve`: settings -> model metadata -> Litestar app under uvicorn; SIGTERM drains, exits 0."""
+"""`gguf-serve serve`: settings -> Litestar app under uvicorn, listening at once; the model is fetched and
+loaded behind a 503 /health; SIGTERM drains, exits 0."""
 
 import argparse
 import contextlib
@@ -14,13 +15,14 @@ from pathlib import Path
 import uvicorn
 
 from inference.errors import GGUFServeError
-from inference.gguf.registry import MODELS, resolve_model
+from inference.gguf.registry import MODELS, ProgressLog, fetch_model, local_model
 from inference.model.backends import BackendConfig
 
 from .engine_client import EngineClient
 from .metrics import Metrics
 from .server import create_app
 from .settings import Settings, SettingsError, add_arguments, from_args, is_loopback
+from .startup import Loader, Startup
 from .translate import ServedModel
 
 log = logging.getLogger("gguf_serve")
@@ -30,12 +32,13 @@ DRAIN_RESERVE_S = 1.0  # of shutdown_grace_s, kept for stopping the worker after
 
 class DrainingServer(uvicorn.Server):
     """uvicorn.Server whose SIGTERM/SIGINT starts a drain and which then exits normally (status 0)
-    instead of re-raising the signal as uvicorn does."""
+    instead of re-raising the signal as uvicorn does; `fatal` is set when start-up failed."""
 
-    def __init__(self, config: uvicorn.Config, engine: EngineClient, grace_s: float):
+    def __init__(self, config: uvicorn.Config, grace_s: float):
         super().__init__(config)
-        self.engine = engine
         self.grace_s = grace_s
+        self.engine: EngineClient | None = None  # set once start-up has one
+        self.fatal: BaseException | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -50,10 +53,22 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame) -> None:
-        if not self.should_exit:
+        if not self.should_exit and self.engine is not None:
             log.info("signal %d: draining for up to %.1f s", sig, self.grace_s)
             self.engine.begin_drain(max(self.grace_s - DRAIN_RESERVE_S, 0.0))
         super().handle_exit(sig, frame)
+
+    def fail(self, exc: BaseException) -> None:
+        """Start-up failed: stop serving; main() reports `exc` and exits 1."""
+        self.fatal = exc
+        self.should_exit = True
+
+
+def served_name(settings: Settings) -> str:
+    """What clients pass as `model`: served_model_name, else the registry key or the file's stem."""
+    return settings.served_model_name or (
+        settings.model if settings.model in MODELS else Path(settings.model).expanduser().stem
+    )
 
 
 def served_model(settings: Settings, path: Path) -> ServedModel:
@@ -73,7 +88,7 @@ def served_model(settings: Settings, path: Path) -> ServedModel:
     template = ChatTemplate.from_metadata(
         gguf.metadata, bos_token=text(tokenizer.bos_id), eos_token=text(tokenizer.eos_id)
     )
-    name = settings.served_model_name or (settings.model if settings.model in MODELS else path.stem)
+    name = served_name(settings)
     return ServedModel(
         name=name,
         aliases=frozenset({settings.model, path.stem} - {name}),
@@ -87,31 +102,63 @@ def served_model(settings: Settings, path: Path) -> ServedModel:
     )
 
 
-def build(settings: Settings) -> tuple[DrainingServer, EngineClient]:
-    """The uvicorn server around the app for these settings (resolves and reads the model first)."""
-    if settings.cache_dir:  # model_registry reads the cache location from the environment
+def model_path(settings: Settings, startup: Startup) -> Path:
+    """The GGUF file: a local path as is, a registry model from the cache or fetched (progress in the
+    log and in /health)."""
+    if settings.model not in MODELS:
+        return local_model(settings.model)
+    startup.set("fetching", f"{settings.model}: looking in the cache")
+    progress = ProgressLog(settings.model, on_text=lambda text: startup.set("fetching", text))
+    return fetch_model(settings.model, progress=progress)
+
+
+def loader(settings: Settings, metrics: Metrics) -> Loader:
+    """Start-up's blocking part, run after the server listens: the model file, its metadata, the engine
+    client (whose start() then spawns the worker)."""
+
+    def load(startup: Startup) -> tuple[ServedModel, EngineClient]:
+        path = model_path(settings, startup)
+        startup.set("loading", f"reading the tokenizer and chat template of {path.name}")
+        model = served_model(settings, path)
+        engine = EngineClient(
+            path,
+            backend=BackendConfig(
+                name=settings.backend, threads=settings.threads, kv_cache_dtype=settings.kv_cache_dtype
+            ),
+            max_waiting=settings.max_waiting,
+            request_timeout_s=settings.request_timeout_s,
+            metrics=metrics,
+            log_level=settings.log_level,
+            engine_config={
+                "max_num_seqs": settings.max_num_seqs,
+                "max_num_batched_tokens": settings.max_num_batched_tokens,
+                "block_size": settings.block_size,
+                "kv_cache_tokens": settings.kv_cache_tokens,
+                "prefix_caching": settings.prefix_caching,
+            },
+        )
+        startup.set("loading", f"starting the worker process for {path.name}")
+        return model, engine
+
+    return load
+
+
+def build(settings: Settings) -> DrainingServer:
+    """The uvicorn server around the app for these settings. Only what fails fast is checked here (a
+    missing local model file); the fetch and the model's metadata come after the server listens."""
+    if settings.cache_dir:  # the registry reads the cache location from the environment
         os.environ["GGUF_SERVE_CACHE_DIR"] = settings.cache_dir
-    path = resolve_model(settings.model)
-    model = served_model(settings, path)
-    metrics = Metrics(model.name)
-    engine = EngineClient(
-        path,
-        backend=BackendConfig(
-            name=settings.backend, threads=settings.threads, kv_cache_dtype=settings.kv_cache_dtype
-        ),
-        max_waiting=settings.max_waiting,
-        request_timeout_s=settings.request_timeout_s,
-        metrics=metrics,
-        log_level=settings.log_level,
-        engine_config={
-            "max_num_seqs": settings.max_num_seqs,
-            "max_num_batched_tokens": settings.max_num_batched_tokens,
-            "block_size": settings.block_size,
-            "kv_cache_tokens": settings.kv_cache_tokens,
-            "prefix_caching": settings.prefix_caching,
-        },
-    )
-    app = create_app(settings, model, engine, metrics)
+    if settings.model not in MODELS:
+        local_model(settings.model)  # FetchError now, not after listening
+    metrics = Metrics(served_name(settings))
+    load = loader(settings, metrics)
+
+    def load_and_track(startup: Startup) -> tuple[ServedModel, EngineClient]:
+        model, engine = load(startup)
+        server.engine = engine  # SIGTERM drains it from now on
+        return model, engine
+
+    app = create_app(settings, metrics, load_and_track, on_fatal=lambda exc: server.fail(exc))
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -121,7 +168,8 @@ def build(settings: Settings) -> tuple[DrainingServer, EngineClient]:
         timeout_graceful_shutdown=max(settings.shutdown_grace_s - DRAIN_RESERVE_S, 0.0) + 0.5,
         access_log=settings.log_level == "debug",
     )
-    return DrainingServer(config, engine, settings.shutdown_grace_s), engine
+    server = DrainingServer(config, settings.shutdown_grace_s)
+    return server
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,12 +199,15 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             settings.port,
         )
     try:
-        server, _ = build(settings)
+        server = build(settings)
     except (GGUFServeError, OSError) as exc:
         print(f"gguf-serve: error: {exc}", file=sys.stderr)
         return 1
     log.info("serving %s on http://%s:%d", settings.model, settings.host, settings.port)
     server.run()
+    if server.fatal is not None:
+        print(f"gguf-serve: error: {server.fatal}", file=sys.stderr)
+        return 1
     return 0 if server.started else 1
 
 

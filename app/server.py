@@ -1,7 +1,8 @@
-"""The Litestar app: routes, exception handlers, the engine client's lifespan. create_app() builds it."""
+"""The Litestar app: routes, exception handlers, start-up in the lifespan. create_app() builds it."""
 
+import asyncio
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from importlib import metadata
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, get
@@ -12,7 +13,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from inference.errors import RequestError
 
 from .auth import require_api_key
-from .engine_client import EngineClient
+from .cli import version
 from .errors import EXCEPTION_HANDLERS
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import (
@@ -40,15 +41,8 @@ from .routes_chat import create_chat_completion
 from .routes_common import Service, json_post, service_of
 from .routes_completions import create_completion
 from .settings import Settings
+from .startup import RETRY_AFTER_S, Loader, Startup, bring_up, require_engine
 from .translate import ServedModel, chat_prompt_ids
-
-
-def _version() -> str:
-    try:
-        return metadata.version("gguf-serve")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
 
 # -- models ----------------------------------------------------------------------------------------
 
@@ -102,12 +96,23 @@ async def detokenize(data: DetokenizeRequest, request: Request) -> DetokenizeRes
 # -- operations ------------------------------------------------------------------------------------
 
 
-@get("/health", summary="200 when the model is loaded and serving, else 503", tags=["Operations"])
+_DETAIL = {
+    "loading": "the worker process is loading the model",
+    "worker_down": "the worker process died; a new one is starting",
+    "shutting_down": "draining: finishing what runs, admitting nothing",
+}
+
+
+@get("/health", summary="200 when the model is loaded and serving, else 503 saying why", tags=["Operations"])
 async def health(request: Request) -> Response[Health]:
-    state = service_of(request).engine.health
-    return Response(
-        Health(status="ok" if state == "ready" else state), status_code=200 if state == "ready" else 503
-    )
+    engine = service_of(request).engine
+    if engine is None:  # fetching the model or reading its metadata
+        startup: Startup = request.app.state.startup
+        return Response(Health(status=startup.status, detail=startup.detail), status_code=503)
+    state = engine.health
+    if state == "ready":
+        return Response(Health(status="ok"), status_code=200)
+    return Response(Health(status=state, detail=_DETAIL.get(state, state)), status_code=503)
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["Operations"], media_type=CONTENT_TYPE)
@@ -116,8 +121,6 @@ async def metrics(request: Request) -> Response[str]:
 
 
 # -- the app ---------------------------------------------------------------------------------------
-
-RETRY_AFTER_S = 5  # on a 503 that does not say otherwise: loading, a restarting worker, a drain
 
 
 def retry_after_on_503(app: ASGIApp) -> ASGIApp:
@@ -177,22 +180,30 @@ def complete_openapi(app: Litestar) -> None:
                     setattr(prop, key, float(getattr(kind, bound)))
 
 
-def create_app(settings: Settings, model: ServedModel, engine: EngineClient, metrics_: Metrics) -> Litestar:
-    """The app; its lifespan starts the worker (the model loads while /health says 503) and stops it."""
-    service = Service(settings=settings, model=model, engine=engine, metrics=metrics_, version=_version())
+def create_app(
+    settings: Settings, metrics_: Metrics, load: Loader, on_fatal: Callable[[BaseException], None]
+) -> Litestar:
+    """The app. It listens at once; its lifespan runs `load` (fetch, metadata, engine client) in a thread
+    and starts the worker, while /health says 503 with what it is doing; at shutdown it stops the worker.
+    A failing `load` goes to `on_fatal`."""
+    # model and engine stay None until start-up has them; require_engine guards the routes that use them
+    service = Service(settings=settings, model=None, engine=None, metrics=metrics_, version=version())
+    startup = Startup()
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         complete_openapi(app)
-        await engine.start()
+        task = asyncio.ensure_future(bring_up(service, startup, load, on_fatal))
         try:
             yield
         finally:
-            await engine.stop(timeout_s=2.0)
+            task.cancel()
+            if service.engine is not None:
+                await service.engine.stop(timeout_s=2.0)
 
     protected = Router(
         path="/",
-        guards=[require_api_key],
+        guards=[require_api_key, require_engine],
         route_handlers=[
             list_models,
             retrieve_model,
@@ -209,7 +220,7 @@ def create_app(settings: Settings, model: ServedModel, engine: EngineClient, met
         middleware=[retry_after_on_503],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        state=State({"service": service, "max_body_bytes": settings.max_body_bytes}),
+        state=State({"service": service, "startup": startup, "max_body_bytes": settings.max_body_bytes}),
         openapi_config=OpenAPIConfig(
             title="gguf-serve",
             version=service.version,

@@ -219,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         default=None,
-        help=f"TOML settings file (also ${CONFIG_ENV}); {documented} documents every setting",
+        help=f"TOML settings file (also ${CONFIG_ENV}; default none); {documented} documents every setting",
     )
     defaults = Settings()
     for name in FIELDS:

@@ -161,7 +161,7 @@ def test_settings_become_env_text(helm):
 
 def test_gpu(rendered):
     objects, spec, container = by_kind(rendered["gpu"]), pod_spec(rendered["gpu"]), server(rendered["gpu"])
-    assert container["resources"]["limits"] == {"memory": "4Gi", "nvidia.com/gpu": 2}
+    assert container["resources"]["limits"] == {"memory": "3Gi", "nvidia.com/gpu": 2}
     assert container["image"] == "gguf-serve:0.1.0-cuda"
     assert spec["runtimeClassName"] == "nvidia"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]

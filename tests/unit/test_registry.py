@@ -213,3 +213,12 @@ def test_server_progress_log_reports_bytes(caplog):
         "tiny: downloading 0.0 of 98.4 MB (0 %)",  # the first line, then every_s, then the end
         "tiny: downloading 98.4 of 98.4 MB (100 %)",
     ]
+
+
+def test_progress_bars_count_bytes(capsys):
+    bars = registry.ProgressBars()
+    for done in (0, 512, 1024):
+        bars("download", done, 1024)
+    bars("verify", 2048, 2048)
+    err = capsys.readouterr().err
+    assert "download: 100%" in err and "1.00k/1.00k" in err and "verify: 100%" in err and "2.00k/2.00k" in err

@@ -1,0 +1,114 @@
+"""The command line: --version, a default in every --help, fetch-model's progress, generate's --chat hint."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.cli import NO_CHAT_HINT, build_parser, version
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gguf_serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
+
+
+def test_version():
+    done = gguf_serve("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"gguf-serve {version()}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", version())
+
+
+def _options(help_text: str) -> dict[str, str]:
+    """Each argument (--flag, or a positional's name) -> its help text, continuation lines joined."""
+    options: dict[str, str] = {}
+    current = None
+    body = help_text.split("\n\n", 1)[1]  # after the usage block
+    for line in body.splitlines():
+        entry = re.match(r"^  (\S+?),?( .*)?$", line)
+        if entry and not line.startswith("   "):
+            rest = entry[2] or ""
+            if entry[1].startswith("-") and rest.startswith(" -"):  # "-h, --help"
+                flag, _, rest = rest.strip().partition(" ")
+                rest = " " + rest
+            else:
+                flag = entry[1]
+            if not rest.startswith("  "):  # a metavar comes first
+                rest = rest.strip().partition(" ")[2]
+            current = flag
+            options[current] = rest.strip()
+        elif current and line.startswith(" " * 10):
+            options[current] += " " + line.strip()
+    return options
+
+
+@pytest.mark.parametrize("command", ["fetch-model", "serve", "generate"])
+def test_every_help_shows_each_default(command):
+    done = gguf_serve(command, "--help")
+    assert done.returncode == 0, done.stderr
+    options = _options(done.stdout)
+    assert len(options) > 1, done.stdout
+    for flag, text in options.items():
+        if flag in ("--help", "--prompt"):  # --prompt is required: it has no default
+            continue
+        assert "default" in text, f"gguf-serve {command} --help: {flag} does not show its default: {text!r}"
+
+
+def test_help_options_match_the_parser():
+    """The help parser above sees every option (so the default check cannot pass by missing some)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command, parser in sub.choices.items():
+        flags = {a.option_strings[-1] if a.option_strings else a.dest for a in parser._actions}
+        assert set(_options(parser.format_help())) == flags, command
+
+
+def test_generate_without_chat_on_an_instruct_model_that_answers_nothing_hints_at_chat(smollm2_path):
+    # SmolLM2-135M-Instruct ends this bare question at once (greedy), and answers it with --chat
+    done = gguf_serve(
+        "generate", "--model", str(smollm2_path), "--prompt", "What is the capital of France?", timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""
+    assert "[finish_reason=stop]" in done.stderr and NO_CHAT_HINT in done.stderr
+    chat = gguf_serve(
+        "generate",
+        "--model",
+        str(smollm2_path),
+        "--chat",
+        "--max-tokens",
+        "8",
+        "--prompt",
+        "What is 2+2?",
+        timeout=300,
+    )
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    assert NO_CHAT_HINT not in chat.stderr
+
+
+def test_fetch_model_logs_byte_progress_then_prints_the_path(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "GGUF_SERVE_CACHE_DIR": str(tmp_path)}
+
+    def fetch() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", "fetch-model", "smollm2-135m"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+            env=env,
+        )
+
+    first = fetch()  # stderr is a pipe here: progress comes as log lines, not a bar
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"{tmp_path}/models/smollm2-135m.gguf\n"
+    assert re.search(r"smollm2-135m: downloading \d+\.\d of 98\.4 MB", first.stderr), first.stderr
+    assert "smollm2-135m: verifying 98.4 of 98.4 MB (100 %)" in first.stderr
+    again = fetch()  # cached and stamped: no download, no hash
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "downloading" not in again.stderr and "verifying" not in again.stderr
