@@ -36,18 +36,40 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> list[Scheduled]:
-        """Running sequences first (decode, or the next prefill chunk), then admit waiting ones."""
+        """One step's work under the token budget, in this order: every decoding sequence (one token
+        each), then waiting sequences admitted with their first prefill chunk, then the next chunks of
+        prompts already being prefilled. A short request that arrives during a long prompt's prefill
+        thus starts at the next step instead of after the whole prompt."""
         budget = self.max_num_batched_tokens
         out: list[Scheduled] = []
-        for seq in list(self.running):
+        prefilling = [s for s in self.running if s.num_pending > 1]
+        for seq in [s for s in self.running if s.num_pending <= 1]:
             if seq not in self.running or budget == 0:
                 continue  # preempted by an earlier sequence of this loop
-            n = min(seq.num_pending, budget)
-            copies = self._reserve_or_preempt(seq, n)
+            copies = self._reserve_or_preempt(seq, 1)
             if copies is None:
                 continue
+            out.append(Scheduled(seq, 1, copies))
+            budget -= 1
+        budget = self._admit(out, budget)
+        for seq in prefilling:
+            if seq not in self.running or budget == 0:
+                continue
+            n = min(seq.num_pending, budget)
+            cow = self._needs_cow(seq)
+            if (
+                self.blocks.blocks_needed(seq.block_table, seq.num_computed + n) + int(cow)
+                > self.blocks.num_free
+            ):
+                continue  # no room this step; decodes preempt when they need blocks, prefills wait
+            copies = [self.blocks.replace(seq.block_table, len(seq.block_table) - 1)] if cow else []
+            self.blocks.grow(seq.block_table, seq.num_computed + n)
             out.append(Scheduled(seq, n, copies))
             budget -= n
+        return out
+
+    def _admit(self, out: list[Scheduled], budget: int) -> int:
+        """Waiting sequences start, in arrival order, while budget, sequence slots and blocks last."""
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if len(self.running) + self._group_size(seq) > self.max_num_seqs:
@@ -67,7 +89,7 @@ class Scheduler:
             self.running.append(seq)
             out.append(Scheduled(seq, n, []))
             budget -= n
-        return out
+        return budget
 
     def _take_cached_prefix(self, seq: Sequence) -> None:
         """A sequence about to start: its leading full blocks found in the prefix cache count as computed.

@@ -290,3 +290,19 @@ def test_prefix_cache_is_not_used_while_prompt_logprobs_are_wanted(smol):
         events += engine.step()
     assert engine.stats().cached_prompt_tokens == 0
     assert len(events[0].prompt_logprobs) == len(first.prompt_ids)  # None for token 0, then one each
+
+
+def test_short_request_starts_during_a_long_prefill(smol):
+    """A short request that arrives while a long prompt is prefilled in chunks is scheduled at the very
+    next step (decodes first, then admissions, then the next prefill chunks), not after the prompt."""
+    engine = Engine(smol.loaded, EngineConfig(max_num_batched_tokens=64, kv_cache_tokens=4096))
+    long_ids = tuple(range(1000, 1000 + 600))  # ten chunks of 64
+    engine.add_request(AdapterForwardConfig(request_id="long", prompt_ids=long_ids, max_tokens=2))
+    engine.step()  # first chunk of the long prompt
+    engine.add_request(cfg(smol, 0, "Hi", max_tokens=3))
+    firsts = {}
+    for step in range(1, 20):
+        for ev in engine.step():
+            firsts.setdefault(ev.request_id, step)
+    assert firsts["r0"] == 1, firsts  # its first token comes from the step right after it arrived
+    assert 9 <= firsts["long"] <= 11  # the long prompt kept its pace: ten chunks, less what r0 took
