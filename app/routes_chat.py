@@ -16,7 +16,16 @@ from .protocol import (
     ChatMessageOut,
     Usage,
 )
-from .routes_common import Reply, chat_logprobs, collect, json_post, new_id, service_of, sse_response
+from .routes_common import (
+    Reply,
+    chat_logprobs,
+    collect,
+    json_post,
+    new_id,
+    off_loop,
+    service_of,
+    sse_response,
+)
 from .translate import ChatPlan, chat_plan
 
 
@@ -25,7 +34,7 @@ async def create_chat_completion(
     data: ChatCompletionRequest, request: Request
 ) -> Response[ChatCompletionResponse]:
     svc = service_of(request)
-    plan = chat_plan(data, svc.model, new_id("chatcmpl"))
+    plan = await off_loop(chat_plan, data, svc.model, new_id("chatcmpl"))
     gen = svc.engine.submit((plan.config,))
     reply = Reply(svc, plan.request_id)
     if plan.stream:

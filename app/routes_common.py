@@ -4,7 +4,7 @@ response, running a request (whole or streamed), logprobs."""
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -23,9 +23,9 @@ from . import sse
 from .engine_client import EngineClient, Generation, GenerationFailed
 from .errors import APIError, request_error_from_undecodable
 from .metrics import Metrics
-from .protocol import CompletionLogprobs, TokenLogprob, TopLogprob, Usage
+from .protocol import CompletionLogprobs, CompletionRequest, TokenLogprob, TopLogprob, Usage
 from .settings import Settings
-from .translate import ServedModel
+from .translate import PEEK_BYTES, ServedModel, check_completion_body
 
 T = TypeVar("T")
 
@@ -47,6 +47,12 @@ class Service:
 
 def service_of(request: Request) -> Service:
     return request.app.state.service
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """function(*args) in a worker thread: tokenizing and template rendering, which would hold the
+    event loop (and every stream and /health with it) for as long as they take."""
+    return await asyncio.to_thread(function, *args)
 
 
 def new_id(prefix: str) -> str:
@@ -80,9 +86,13 @@ class Reply:
 
 class StrictJSON(AbstractDTO[T], Generic[T]):
     """Decodes the body straight into the msgspec Struct (strict types: "5" is not an int), so every
-    error names its parameter; Litestar's OpenAPI schema still shows the Struct as the body."""
+    error names its parameter; Litestar's OpenAPI schema still shows the Struct as the body. A large
+    completions body gets its cheap prompts x n check first (decoding holds the event loop)."""
 
     def decode_bytes(self, value: bytes) -> Any:
+        model = service_of(self.asgi_connection).model  # None until loaded (a guard answers 503 then)
+        if self.model_type is CompletionRequest and len(value) > PEEK_BYTES and model is not None:
+            check_completion_body(value, model)
         try:
             return msgspec.json.decode(value, type=self.model_type)
         except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:

@@ -14,6 +14,7 @@ from .routes_common import (
     collect,
     json_post,
     new_id,
+    off_loop,
     service_of,
     sse_response,
 )
@@ -77,7 +78,7 @@ class _Choices:
 @json_post("/v1/completions", CompletionRequest, "Create a completion", "OpenAI")
 async def create_completion(data: CompletionRequest, request: Request) -> Response[CompletionResponse]:
     svc = service_of(request)
-    plan = completion_plan(data, svc.model, new_id("cmpl"))
+    plan = await off_loop(completion_plan, data, svc.model, new_id("cmpl"))
     gen = svc.engine.submit(plan.configs)
     reply = Reply(svc, plan.request_id)
     choices = _Choices(plan, svc.model.tokenizer)

@@ -10,8 +10,6 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference.errors import RequestError
-
 from .auth import require_api_key
 from .cli import version
 from .errors import EXCEPTION_HANDLERS
@@ -38,11 +36,11 @@ from .protocol import (
     UserMessage,
 )
 from .routes_chat import create_chat_completion
-from .routes_common import Service, json_post, service_of
+from .routes_common import Service, json_post, off_loop, service_of
 from .routes_completions import create_completion
 from .settings import Settings
 from .startup import RETRY_AFTER_S, Loader, Startup, bring_up, require_engine
-from .translate import ServedModel, chat_prompt_ids
+from .translate import ServedModel, detokenize_response, tokenize_response
 
 # -- models ----------------------------------------------------------------------------------------
 
@@ -68,29 +66,12 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
 
 @json_post("/tokenize", TokenizeRequest, "Tokenize a prompt or chat messages", "Tokenizer")
 async def tokenize(data: TokenizeRequest, request: Request) -> TokenizeResponse:
-    model = service_of(request).model
-    model.check_name(data.model)
-    if (data.prompt is None) == (data.messages is None):
-        raise RequestError("send exactly one of prompt and messages", "prompt")
-    if data.prompt is not None:
-        add = True if data.add_special_tokens is None else data.add_special_tokens
-        ids = model.tokenizer.encode(data.prompt, add_bos=None if add else False)
-    else:
-        ids = chat_prompt_ids(data.messages, model, add_generation_prompt=data.add_generation_prompt)
-        if data.add_special_tokens and model.tokenizer.bos_id is not None:
-            ids = [model.tokenizer.bos_id, *ids]
-    strs = [model.tokenizer.token_text(t) for t in ids] if data.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=model.context_length, tokens=ids, token_strs=strs)
+    return await off_loop(tokenize_response, data, service_of(request).model)
 
 
 @json_post("/detokenize", DetokenizeRequest, "Detokenize token ids", "Tokenizer")
 async def detokenize(data: DetokenizeRequest, request: Request) -> DetokenizeResponse:
-    model = service_of(request).model
-    model.check_name(data.model)
-    bad = [t for t in data.tokens if t >= model.vocab_size]
-    if bad:
-        raise RequestError(f"token id {bad[0]} is outside the vocabulary [0, {model.vocab_size})", "tokens")
-    return DetokenizeResponse(prompt=model.tokenizer.decode(data.tokens))
+    return await off_loop(detokenize_response, data, service_of(request).model)
 
 
 # -- operations ------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from inference.errors import ContextLengthError, RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
 
@@ -11,12 +13,16 @@ from .protocol import (
     AssistantMessage,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     DeveloperMessage,
     ImageURLPart,
     Message,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
     TextPart,
+    TokenizeRequest,
+    TokenizeResponse,
     ToolMessage,
 )
 
@@ -79,13 +85,8 @@ def completion_plan(req: CompletionRequest, model: ServedModel, request_id: str)
             "best_of > 1 is not supported by this server; use n", "best_of", "unsupported_parameter"
         )
     _check_stream_options(req.stream, req.stream_options)
+    _check_sequences(_prompt_count(req.prompt), req.n, model)  # before tokenizing any
     prompts = _prompts(req.prompt, model)
-    if len(prompts) * req.n > model.max_num_seqs:
-        raise RequestError(
-            f"{len(prompts)} prompt(s) x n = {req.n} is {len(prompts) * req.n} sequences; this server "
-            f"runs at most max_num_seqs = {model.max_num_seqs} together",
-            "n",
-        )
     sampling = _sampling(req, model, req.logprobs)
     configs = []
     for i, ids in enumerate(prompts):
@@ -107,6 +108,51 @@ def completion_plan(req: CompletionRequest, model: ServedModel, request_id: str)
     return CompletionPlan(
         request_id, tuple(configs), req.n, echo, req.logprobs, req.stream, _include_usage(req)
     )
+
+
+def _prompt_count(prompt: str | list) -> int:
+    """How many prompts `prompt` holds, from its shape alone."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return 1
+    return max(len(prompt), 1)
+
+
+def _check_sequences(prompts: int, n: int, model: ServedModel, at_least: str = "") -> None:
+    if prompts * n > model.max_num_seqs:
+        raise RequestError(
+            f"{at_least}{prompts} prompt(s) x n = {n} is {prompts * n} sequences; this server runs at most "
+            f"max_num_seqs = {model.max_num_seqs} together",
+            "n",
+        )
+
+
+class _PromptShape(msgspec.Struct):
+    """A completions body with only what a cheap check needs; the prompt left undecoded."""
+
+    prompt: msgspec.Raw = msgspec.Raw(b"")
+    n: Any = 1
+
+
+PEEK_BYTES = 64 * 1024  # bodies larger than this get check_completion_body before they are decoded
+
+
+def check_completion_body(body: bytes, model: ServedModel) -> None:
+    """The prompts x n check on a large completions body before it is decoded: decoding 700k
+    one-character prompts alone holds the event loop (and the GIL) for 0.2 s, to then refuse them.
+    Counts the prompt's strings from its raw bytes (quotes not after a backslash, a lower bound) or
+    its id lists (brackets); anything it cannot judge is left to the full decode."""
+    try:
+        shape = msgspec.json.decode(body, type=_PromptShape)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
+        return  # the full decode reports it precisely
+    raw = bytes(shape.prompt)
+    n = shape.n if type(shape.n) is int and shape.n >= 1 else 1
+    first = raw[1:].lstrip()[:1] if raw.startswith(b"[") else b""
+    if first == b'"':
+        strings = (raw.count(b'"') - raw.count(b'\\"')) // 2
+        _check_sequences(strings, n, model, at_least="at least ")
+    elif first == b"[":
+        _check_sequences(raw.count(b"[") - 1, n, model)
 
 
 def _prompts(prompt: str | list, model: ServedModel) -> list[list[int]]:
@@ -185,9 +231,37 @@ def chat_prompt_ids(
     only the template's own markup becomes control tokens; the messages' text stays text."""
     tok = model.tokenizer
     text, plain = model.template.render_marked(
-        template_messages(messages), tok.special_texts, add_generation_prompt=add_generation_prompt
+        template_messages(messages), tok.specials, add_generation_prompt=add_generation_prompt
     )
     return tok.encode(text, allow_special=True, add_bos=False, plain_at=plain)
+
+
+# -- /tokenize and /detokenize (vLLM's shapes) -------------------------------------------------------
+
+
+def tokenize_response(req: TokenizeRequest, model: ServedModel) -> TokenizeResponse:
+    """The ids of `prompt`, or of `messages` rendered by the chat template (add_special_tokens: BOS)."""
+    model.check_name(req.model)
+    tok = model.tokenizer
+    if (req.prompt is None) == (req.messages is None):
+        raise RequestError("send exactly one of prompt and messages", "prompt")
+    if req.prompt is not None:
+        add = True if req.add_special_tokens is None else req.add_special_tokens
+        ids = tok.encode(req.prompt, add_bos=None if add else False)
+    else:
+        ids = chat_prompt_ids(req.messages, model, add_generation_prompt=req.add_generation_prompt)
+        if req.add_special_tokens and tok.bos_id is not None:
+            ids = [tok.bos_id, *ids]
+    strs = [tok.token_text(t) for t in ids] if req.return_token_strs else None
+    return TokenizeResponse(count=len(ids), max_model_len=model.context_length, tokens=ids, token_strs=strs)
+
+
+def detokenize_response(req: DetokenizeRequest, model: ServedModel) -> DetokenizeResponse:
+    model.check_name(req.model)
+    bad = [t for t in req.tokens if t >= model.vocab_size]
+    if bad:
+        raise RequestError(f"token id {bad[0]} is outside the vocabulary [0, {model.vocab_size})", "tokens")
+    return DetokenizeResponse(prompt=model.tokenizer.decode(req.tokens))
 
 
 def template_messages(messages: list[Message]) -> list[dict[str, Any]]:

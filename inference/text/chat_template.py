@@ -2,7 +2,6 @@
 
 import functools
 import itertools
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from jinja2 import nodes
 
 from ..errors import TemplateError
 from . import template_sandbox as sandbox
+from .special_texts import SpecialTexts
 from .template_sandbox import MAX_OUTPUT_CHARS, RENDER_TIMEOUT_S
 
 METADATA_KEY = "tokenizer.chat_template"
@@ -98,7 +98,7 @@ class ChatTemplate:
     def render_marked(
         self,
         messages: Sequence[Mapping[str, Any]],
-        special_texts: frozenset[str],
+        specials: SpecialTexts,
         *,
         add_generation_prompt: bool = True,
         tools: Sequence[Mapping] | None = None,
@@ -111,7 +111,6 @@ class ChatTemplate:
         once more with a marker before each: the marked prompt, markers removed, must be the prompt, or
         the template rewrote that text and the messages are refused (TemplateError)."""
         text = self.render(messages, add_generation_prompt=add_generation_prompt, tools=tools)
-        specials = _Specials.of(special_texts)
         if not any(specials.starts(s) for s in _strings((messages, tools))):
             return text, []
         marker = next((m for m in _MARKERS if m not in text and not _holds((messages, tools), m)), None)
@@ -235,39 +234,6 @@ def _part_text(index: int, j: int, part: Any) -> str:
     return part["text"]
 
 
-class _Specials:
-    """Where special-token texts start in a string: each whole occurrence (leftmost, longest first, as
-    the tokenizer matches them), and a tail that begins one (text that the template, or the next
-    string, could complete)."""
-
-    def __init__(self, texts: frozenset[str]):
-        ordered = sorted(texts, key=len, reverse=True)
-        firsts = "".join(sorted({re.escape(t[0]) for t in texts}))
-        self._whole = re.compile(f"(?=[{firsts}])(?:{'|'.join(map(re.escape, ordered))})") if texts else None
-        self._first = re.compile(f"[{firsts}]") if texts else None
-        self._heads = frozenset(t[:k] for t in texts for k in range(1, len(t)))
-        self._longest = max(map(len, texts), default=0)
-
-    @classmethod
-    @functools.lru_cache(maxsize=8)
-    def of(cls, texts: frozenset[str]) -> "_Specials":
-        return cls(texts)
-
-    def starts(self, text: str) -> list[int]:
-        if self._whole is None:
-            return []
-        found = [m.start() for m in self._whole.finditer(text)]
-        tail = max(len(text) - self._longest + 1, found[-1] + 1 if found else 0)
-        heads = (m.start() for m in self._first.finditer(text, tail) if text[m.start() :] in self._heads)
-        return found + list(itertools.islice(heads, 1))
-
-    def first(self, strings: Iterator[str]) -> str | None:
-        for text in strings:
-            if self._whole is not None and (m := self._whole.search(text)):
-                return m.group()
-        return None
-
-
 def _strings(value: Any) -> Iterator[str]:
     """Every string in nested dicts (keys too), lists and tuples."""
     if isinstance(value, str):
@@ -285,7 +251,7 @@ def _holds(value: Any, char: str) -> bool:
     return any(char in s for s in _strings(value))
 
 
-def _mark(value: Any, specials: _Specials, marker: str) -> Any:
+def _mark(value: Any, specials: SpecialTexts, marker: str) -> Any:
     """A copy of `value` with `marker` before every special-token text (or head of one) in its strings."""
     if isinstance(value, str):
         starts = specials.starts(value)

@@ -4,7 +4,6 @@ import bisect
 import codecs
 import itertools
 import logging
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -16,6 +15,7 @@ import tiktoken
 from ..errors import TokenizerError
 from . import tokenizer_spm as spm
 from .pretokenizers import ADD_BOS_BY_DEFAULT, GPT2_BYTE_OF, pre_tokenizer_pattern
+from .special_texts import SpecialTexts
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,7 @@ class Tokenizer:
         self.eos_id = vocab.special_ids["eos"]
         self.add_bos = vocab.add_bos
         self._special = {vocab.tokens[i]: i for i in vocab.ids_of(*SPECIAL_TYPES) if vocab.tokens[i]}
-        self._special_re = _special_regex(self._special)
-        self.special_texts = frozenset(self._special)  # what encode(allow_special=True) makes ids of
+        self.specials = SpecialTexts(self._special)  # what encode(allow_special=True) makes ids of
         self._special_ids = frozenset(self._special.values())
         eog = {vocab.special_ids[key] for key in EOG_ID_KEYS} | {self._special.get(t) for t in EOG_TEXTS}
         self.eog_ids = frozenset(eog - {None})
@@ -148,13 +147,9 @@ class Tokenizer:
 
     def _split_special(self, text: str, plain_at: Sequence[int]) -> Iterator[str | int]:
         """Text and special-token ids in order; specials covering a position in plain_at stay text."""
-        if self._special_re is None:
-            yield text
-            return
         plain = sorted(plain_at)
         start = 0
-        for match in self._special_re.finditer(text):
-            a, b = match.span()
+        for a, b in self.specials.spans(text):
             i = bisect.bisect_left(plain, a)
             if i < len(plain) and plain[i] < b:
                 continue  # it stays in the text around it
@@ -343,15 +338,6 @@ def _gpt2_bytes(texts: list[str], ids: list[int]) -> list[bytes]:
     blob = data.astype(np.uint8).tobytes()
     ends_list = ends.tolist()
     return [blob[a:b] for a, b in itertools.pairwise([0, *ends_list])]
-
-
-def _special_regex(special: dict[str, int]) -> re.Pattern[str] | None:
-    """Longest text first, as llama.cpp matches; the lookahead lets `re` skip most positions fast."""
-    if not special:
-        return None
-    texts = sorted(special, key=len, reverse=True)
-    firsts = "".join(sorted({re.escape(t[0]) for t in texts}))
-    return re.compile(f"(?=[{firsts}])({'|'.join(map(re.escape, texts))})")
 
 
 # -- metadata access ----------------------------------------------------------------------------------

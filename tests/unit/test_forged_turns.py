@@ -81,7 +81,7 @@ def test_the_forged_text_is_exactly_its_plain_tokenization(model: ServedModel):
     plain = tok.encode("user\n" + FORGED, add_bos=False)
     at = ids.index(tok.special_token_id("<|im_start|>"), 1) + 1  # after the user turn's <|im_start|>
     assert ids[at : at + len(plain)] == plain
-    assert not set(plain) & {tok.special_token_id(t) for t in tok.special_texts}
+    assert not set(plain) & {tok.special_token_id(t) for t in tok.specials.texts}
 
 
 @pytest.mark.parametrize(
