@@ -61,17 +61,22 @@ class ChatTemplate:
 
     @classmethod
     def from_metadata(
-        cls, metadata: Mapping[str, Any], *, bos_token: str = "", eos_token: str = ""
+        cls,
+        metadata: Mapping[str, Any],
+        *,
+        bos_token: str = "",
+        eos_token: str = "",
+        max_output_chars: int = MAX_OUTPUT_CHARS,
+        timeout_s: float = RENDER_TIMEOUT_S,
     ) -> "ChatTemplate":
         """The GGUF's `tokenizer.chat_template`, or ChatML (with `is_fallback` set) when the file has none."""
         source = metadata.get(METADATA_KEY)
         if source is not None and not isinstance(source, str):
             raise TemplateError(f"{METADATA_KEY} must be a string, got {type(source).__name__}")
-        if not source:
-            template = cls(CHATML, bos_token=bos_token, eos_token=eos_token)
-            template.is_fallback = True
-            return template
-        return cls(source, bos_token=bos_token, eos_token=eos_token)
+        options = dict(bos_token=bos_token, eos_token=eos_token, max_output_chars=max_output_chars)
+        template = cls(source or CHATML, **options, timeout_s=timeout_s)
+        template.is_fallback = not source
+        return template
 
     def render(
         self,

@@ -173,3 +173,10 @@ def test_bounded_templates_still_render_what_they_did():
         "|{{ ['a', 'b']|join('-') }}|{{ '%3s' % 'x' }}"
     )
     assert ChatTemplate(source).render(USER * 3) == "yyy|%5d|   7|1024|  ababab  |a-b|  x"
+
+
+def test_the_bounds_come_through_from_metadata():
+    template = ChatTemplate.from_metadata({}, max_output_chars=60, timeout_s=0.25)
+    assert (template.is_fallback, template.max_output_chars, template.timeout_s) == (True, 60, 0.25)
+    with pytest.raises(TemplateError, match=r"^chat template output exceeds 60 characters$"):
+        template.render([{"role": "user", "content": "x" * 30}])
