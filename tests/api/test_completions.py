@@ -143,10 +143,34 @@ def test_stop_string(client):
     assert r.usage.completion_tokens < 8
 
 
-def test_seed_reproducible_at_temperature_1(client):
-    a = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=1234)
-    b = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=1234)
-    assert a.choices[0].text == b.choices[0].text
+def test_seed_reproducible_at_temperature_1_and_other_seeds_differ(client):
+    def sampled(seed: int) -> str:
+        r = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=seed)
+        return r.choices[0].text
+
+    assert sampled(1234) == sampled(1234)
+    texts = {sampled(seed) for seed in (1, 2, 3, 4)}
+    assert len(texts) > 1, f"four seeds, one text {texts}: the seed or the temperature is ignored"
+
+
+def test_temperature_0_takes_the_most_likely_token_each_step(client):
+    r = greedy(
+        client, prompt="My favourite animal is", max_tokens=16, logprobs=5, extra_body={"ignore_eos": True}
+    )
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 16
+    for token, chosen, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert chosen == pytest.approx(max(top.values())), (token, top)
+
+
+def test_stop_token_ids_end_the_completion(client, http):
+    text = greedy(client, max_tokens=8).choices[0].text
+    ids = http.post("/tokenize", json={"prompt": PROMPT + text}).json()["tokens"]
+    stop_id = ids[len(tokenize(http, PROMPT)) + 2]  # the third generated token
+    r = greedy(client, max_tokens=8, extra_body={"stop_token_ids": [stop_id]})
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == 3
+    assert text.startswith(r.choices[0].text) and len(r.choices[0].text) < len(text)
 
 
 @pytest.mark.parametrize("extra", [{"top_k": 1}, {"top_p": 0.001}, {"min_p": 1.0}])
@@ -182,8 +206,12 @@ def test_penalties_change_repetitive_output(client):
 
 
 def test_ignore_eos_and_user(client):
-    r = greedy(client, max_tokens=4, user="user-1", extra_body={"ignore_eos": True})
-    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 4
+    # SmolLM2-135M-Instruct ends this bare question at once (greedy): only ignore_eos makes it go on
+    question = "What is the capital of France?"
+    bare = greedy(client, prompt=question, max_tokens=8)
+    assert bare.choices[0].finish_reason == "stop" and bare.usage.completion_tokens <= 1
+    r = greedy(client, prompt=question, max_tokens=8, user="user-1", extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
 
 
 def test_stream_with_echo_and_logprobs_equals_non_stream(client):

@@ -19,6 +19,9 @@ def completion(**fields):
     return {"model": MODEL, "prompt": "Hi", "max_tokens": 2, **fields}
 
 
+# OpenAI's error `type` for each status these cases produce
+OPENAI_TYPES = {400: "invalid_request_error", 404: "invalid_request_error"}
+
 # (path, JSON body, status, param, code or None, words in the message)
 CASES = [
     (CHAT, chat(temprature=0.5), 400, "temprature", "unknown_parameter", "unrecognized request argument"),
@@ -93,11 +96,18 @@ CASES = [
         400,
         "tools",
         "unsupported_parameter",
-        "",
+        "tools is not supported by this server",
     ),
     (CHAT, chat(tool_choice="auto"), 400, "tool_choice", "unsupported_parameter", "not supported"),
     (CHAT, chat(functions=[{"name": "f"}]), 400, "functions", "unsupported_parameter", "not supported"),
-    (CHAT, chat(audio={"voice": "alloy", "format": "wav"}), 400, "audio", "unsupported_parameter", ""),
+    (
+        CHAT,
+        chat(audio={"voice": "alloy", "format": "wav"}),
+        400,
+        "audio",
+        "unsupported_parameter",
+        "audio is not supported by this server",
+    ),
     (
         CHAT,
         chat(response_format={"type": "json_object"}),
@@ -164,7 +174,7 @@ def test_invalid_request(http, path, body, status, param, code, words):
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["param"], error["code"]) == (param, code)
     assert words in error["message"]
-    assert error["type"] == ("invalid_request_error" if status in (400, 404) else error["type"])
+    assert error["type"] == OPENAI_TYPES[status]
     assert "Traceback" not in r.text
 
 

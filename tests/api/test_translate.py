@@ -3,36 +3,24 @@
 import functools
 import json
 
-import gguf
 import msgspec
 import pytest
 
-from app.errors import request_error_from_msgspec
+from app.errors import APIError, request_error_from_msgspec
 from app.protocol import ChatCompletionRequest, CompletionRequest
+from app.serve import served_model
+from app.settings import Settings
 from app.translate import ServedModel, chat_plan, completion_plan
 from inference.errors import ContextLengthError, RequestError
-from inference.text.chat_template import ChatTemplate
-from inference.text.tokenizer import Tokenizer
 
 
 @functools.cache
 def _served(path) -> ServedModel:
-    metadata = {k: f.contents() for k, f in gguf.GGUFReader(path).fields.items()}
-    tok = Tokenizer.from_metadata(metadata)
-    template = ChatTemplate.from_metadata(
-        metadata, bos_token=tok.decode([tok.bos_id]), eos_token=tok.decode([tok.eos_id])
+    """The model as `gguf-serve serve` builds it (app.serve.served_model), from these settings."""
+    settings = Settings(
+        model=str(path), served_model_name="smollm2-135m", max_num_seqs=8, kv_cache_tokens=16384
     )
-    return ServedModel(
-        name="smollm2-135m",
-        aliases=frozenset({"/m/smollm2.gguf"}),
-        tokenizer=tok,
-        template=template,
-        context_length=metadata["llama.context_length"],
-        vocab_size=tok.vocab_size,
-        created=0,
-        max_num_seqs=8,
-        kv_cache_tokens=16384,
-    )
+    return served_model(settings, path)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +73,7 @@ MSG = [{"role": "user", "content": "Hi"}]
         (
             {"model": "m", "messages": MSG, "stream_options": {"include_usage": True, "x": 1}},
             "stream_options.x",
-            "",
+            "unrecognized request argument supplied: stream_options.x",
         ),
         (
             {"model": "m", "messages": [{"role": "user", "content": [{"type": "audio"}]}]},
@@ -244,13 +232,37 @@ def test_context_error_has_openai_code_and_wording(model):
     )
 
 
-def test_unknown_model_is_404(model):
-    from app.errors import APIError
-
+def test_unknown_model_is_404(model, smollm2_path):
     with pytest.raises(APIError) as info:
         completion_plan(completion(prompt="x", model="gpt-4"), model, "c")
     assert (info.value.status, info.value.param, info.value.code) == (404, "model", "model_not_found")
-    completion_plan(completion(prompt="x", model="/m/smollm2.gguf"), model, "c")  # an alias
+    completion_plan(completion(prompt="x", model=str(smollm2_path)), model, "c")  # the --model value
+
+
+@pytest.mark.parametrize(
+    ("model_setting", "served_name", "name", "aliases"),
+    [
+        ("smollm2-135m", "", "smollm2-135m", set()),  # a registry key is the name
+        ("{link}", "", "my-model", {"{link}"}),  # a file: its stem, and the path as given
+        ("{link}", "team/model", "team/model", {"{link}", "my-model"}),  # served_model_name wins
+    ],
+)
+def test_model_names_and_aliases(smollm2_path, tmp_path, model_setting, served_name, name, aliases):
+    link = tmp_path / "my-model.gguf"
+    link.symlink_to(smollm2_path)
+    settings = Settings(model=model_setting.format(link=link), served_model_name=served_name)
+    served = served_model(settings, link if model_setting == "{link}" else smollm2_path)
+    assert served.name == name
+    assert served.aliases == {a.format(link=link) for a in aliases}
+    for accepted in (None, name, *served.aliases):
+        served.check_name(accepted)
+    for refused in {"gpt-4", "", "smollm2-135m", str(smollm2_path), "my-model", str(link)} - {
+        name,
+        *served.aliases,
+    }:
+        with pytest.raises(APIError) as info:
+            served.check_name(refused)
+        assert info.value.status == 404 and f"This server serves `{name}`" in info.value.message
 
 
 # -- chat ------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import math
 
+import msgspec
 import pytest
 
 from inference.errors import ContextLengthError, RequestError
@@ -101,4 +102,43 @@ def test_only_the_context_error_is_a_context_length_error():
     ],
 )
 def test_values_on_the_bounds_are_accepted(changes, sampling):
-    validate(make(sampling, **changes))
+    cfg = make(sampling, **changes)
+    validate(cfg)  # raises nothing; test_each_bound_is_the_edge shows that one step beyond is refused
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(cfg), type=AdapterForwardConfig) == cfg
+
+
+# (field, a value on the bound, the nearest value beyond it, a sampling field?); prompt_ids has 3 tokens
+EDGES = [
+    ("n", 128, 129, False),
+    ("n", 1, 0, False),
+    ("max_tokens", 61, 62, False),  # 3 + 61 = the context of 64
+    ("max_tokens", 1, 0, False),
+    ("temperature", 2.0, 2.0001, True),
+    ("temperature", 0.0, -1e-9, True),
+    ("top_p", 1.0, 1.0001, True),
+    ("min_p", 1.0, 1.0001, True),
+    ("min_p", 0.0, -1e-9, True),
+    ("top_k", 0, -1, True),
+    ("presence_penalty", -2.0, -2.0001, True),
+    ("frequency_penalty", 2.0, 2.0001, True),
+    ("logprobs", 20, 21, True),
+    ("logprobs", 0, -1, True),
+    ("prompt_logprobs", 20, 21, False),
+    ("stop", tuple("abcdefghijklmnop"), tuple("abcdefghijklmnopq"), False),
+    ("stop_token_ids", (VOCAB - 1,), (VOCAB,), False),
+    ("prompt_ids", (0, VOCAB - 1), (0, VOCAB), False),
+]
+
+
+@pytest.mark.parametrize(("field", "at", "beyond", "in_sampling"), EDGES)
+def test_each_bound_is_the_edge(field, at, beyond, in_sampling):
+    def config(value):
+        return make({field: value}) if in_sampling else make(**{field: value})
+
+    validate(config(at))
+    with pytest.raises(RequestError) as err:
+        validate(config(beyond))
+    expected = {"max_tokens": "messages" if beyond else "max_tokens", "prompt_ids": "prompt"}.get(
+        field, field
+    )
+    assert err.value.param == expected, err.value.message
