@@ -1,4 +1,5 @@
-"""The NumPy engine against transformers running the same GGUF: last-position logits and 32 greedy tokens."""
+"""The engine (numpy and cpu backends) against transformers running the same GGUF: last-position logits
+and 32 greedy tokens."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,17 @@ from inference.adapter import InferenceAdapter
 
 pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 
-LOGIT_TOL = 1e-2  # max |Δ| of fp32 logits: both dequantize the same blocks, only summation order differs
+# max |Δ logits| allowed per backend:
+# numpy: float32 throughout, the same dequantized blocks as transformers, only summation order differs
+#   (measured 1.4e-5 .. 4.7e-5 over these prompts);
+# cpu: float16 KV cache (K and V rounded to 11 significant bits: relative 2^-11 = 4.9e-4 per element) and,
+#   for prompt chunks, int8 activations with one scale per 32 values (relative error up to 1/254 per
+#   element, averaging out over the dot products); measured on these prompts: see CPU_MEASURED.
+LOGIT_TOL = {"numpy": 1e-4, "cpu": 1.5}
+# max |Δ| of the cpu backend over the prompts below (2-core dev VM): SmolLM2 0.015 (5-token prompt) .. 1.00
+# (code); with float32 activations and KV the same kernels give 4.1e-5 (tests/engine/test_cpu_backend.py)
+CPU_MEASURED = "SmolLM2 0.015 .. 1.00"
+NEAR_TIE = 0.5  # cpu greedy tokens equal the oracle's up to the first step whose top-2 logits are this close
 GREEDY_TOKENS = 32
 
 LONG = (
@@ -58,16 +69,29 @@ MODELS = ["smollm2-135m", "qwen2.5-coder-0.5b"]
 PATH_FIXTURE = {"smollm2-135m": "smollm2_path", "qwen2.5-coder-0.5b": "qwen05_path"}
 
 
-@pytest.fixture(scope="session", params=MODELS)
-def pair(request):
-    """(name, our adapter, the oracle) for one model; pytest runs all tests of one model before the next."""
+BACKENDS = ["numpy", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def oracles():
+    return {}  # model name -> Oracle, shared by both backends' tests
+
+
+@pytest.fixture(scope="session", params=[(m, b) for m in MODELS for b in BACKENDS], ids="-".join)
+def pair(request, oracles):
+    """(name, backend, our adapter, the oracle); pytest runs all tests of one pair before the next."""
     from tests.engine.oracle import Oracle  # torch + transformers only when an oracle test runs
 
-    name = request.param
+    name, backend = request.param
     path = request.getfixturevalue(PATH_FIXTURE[name])
-    # SmolLM2 reuses the session's engine adapter from conftest instead of dequantizing it twice
-    adapter = request.getfixturevalue("smol") if name == "smollm2-135m" else InferenceAdapter.load(path)
-    return name, adapter, Oracle(path)
+    # SmolLM2 on numpy reuses the session's engine adapter from conftest instead of dequantizing it twice
+    if name == "smollm2-135m" and backend == "numpy":
+        adapter = request.getfixturevalue("smol")
+    else:
+        adapter = InferenceAdapter.load(path, backend=backend)
+    if name not in oracles:
+        oracles[name] = Oracle(path)
+    return name, backend, adapter, oracles[name]
 
 
 def report(capsys, line: str) -> None:
@@ -77,27 +101,46 @@ def report(capsys, line: str) -> None:
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_last_logits_match_oracle(pair, prompt, capsys):
-    name, adapter, oracle = pair
+    name, backend, adapter, oracle = pair
     ids = oracle.encode(PROMPTS[prompt])
     ours = adapter.prefill(ids)
     ref = oracle.last_logits(ids)
     assert ours.shape == ref.shape == (adapter.vocab_size,)
     assert ours.dtype == np.float32 and np.isfinite(ours).all()
     delta = float(np.abs(ours - ref).max())
-    report(capsys, f"{name:<20} {prompt:<8} {len(ids):>4} tokens  max|Δ logits| = {delta:.3e}")
-    assert delta <= LOGIT_TOL, f"{name} {prompt}: max |Δ| {delta:.3e} > {LOGIT_TOL}"
-    assert int(np.argmax(ours)) == int(np.argmax(ref))
+    tol = LOGIT_TOL[backend]
+    report(capsys, f"{name:<20} {backend:<6} {prompt:<8} {len(ids):>4} tokens  max|Δ logits| = {delta:.3e}")
+    assert delta <= tol, f"{name} {backend} {prompt}: max |Δ| {delta:.3e} > {tol}"
+    top2 = np.sort(ref)[-2:]
+    if backend == "numpy" or top2[1] - top2[0] > NEAR_TIE:
+        assert int(np.argmax(ours)) == int(np.argmax(ref))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_tokens_match_oracle(pair, prompt, capsys):
-    name, adapter, oracle = pair
+    name, backend, adapter, oracle = pair
     ids = oracle.encode(PROMPTS[prompt])
     ours = adapter.greedy(ids, GREEDY_TOKENS)
     ref = oracle.greedy(ids, GREEDY_TOKENS)
-    report(capsys, f"{name:<20} {prompt:<8} greedy {GREEDY_TOKENS}: {oracle.decode(ref)!r}")
+    report(capsys, f"{name:<20} {backend:<6} {prompt:<8} greedy {GREEDY_TOKENS}: {oracle.decode(ref)!r}")
     assert len(ours) == GREEDY_TOKENS
-    assert ours == ref, divergence(oracle, ids, ours, ref)
+    if backend == "numpy":
+        assert ours == ref, divergence(oracle, ids, ours, ref)
+        return
+    # cpu: its rounding (float16 KV, int8 prompt activations) may flip a near-tie; up to the first step
+    # where the oracle's top-2 logits are within NEAR_TIE, the tokens must be the same
+    if ours != ref:
+        i = next(k for k, (a, b) in enumerate(zip(ours, ref, strict=True)) if a != b)
+        assert near_tie_before(oracle, ids, ref, i), divergence(oracle, ids, ours, ref)
+
+
+def near_tie_before(oracle, ids: list[int], ref: list[int], upto: int) -> bool:
+    """Whether some greedy step 0..upto had the oracle's top-2 logits within NEAR_TIE."""
+    for i in range(upto + 1):
+        top2 = np.sort(oracle.last_logits(ids + ref[:i]))[-2:]
+        if top2[1] - top2[0] < NEAR_TIE:
+            return True
+    return False
 
 
 def divergence(oracle, ids: list[int], ours: list[int], ref: list[int]) -> str:

@@ -1,0 +1,241 @@
+"""cpu backend: weights stay in their GGUF blocks (views of the mapped file); native kernels compute.
+
+The kernels (cpu/*.c, built by `pip install` into `_cpu`) pick their SIMD path at run time. For the weight
+types with an int8 kernel (Q4_0 .. Q8_0, Q4_K .. Q6_K) a linear quantizes the activations to int8 once
+(one scale per 32 values) and runs integer dot products over the weight's blocks, reading each weight
+byte once for all rows, at every batch size: a row's result never depends on what it is batched with.
+Other types (F32, F16, BF16, Q2_K, Q3_K) stay in float32: a fused dequantize x vector pass for few rows,
+cache-sized dequantized tiles handed to sgemm for many.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...errors import BackendError
+from ...gguf.loader import TensorInfo, dequantize
+from . import _cpu, limit_blas_threads
+from .base import AttentionSeq
+
+log = logging.getLogger("gguf_serve.backend")
+
+# Up to this many rows, the fused dequantize x vector kernel beats dequantized tiles + sgemm.
+MATVEC_ROWS = 8
+TILE_BYTES = 1 << 20  # float32 bytes of one dequantized weight tile handed to sgemm (fits in L2)
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """A GGUF matrix [n, k] as stored in the file: n rows of row_bytes bytes in blocks of ggml_type."""
+
+    raw: np.ndarray  # uint8 [n, row_bytes], a read-only view of the mapped file
+    ggml_type: int
+    n: int
+    k: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.raw.nbytes)
+
+
+@dataclass(frozen=True)
+class SplitWeight:
+    """Row blocks stacked (q|k|v, gate|up): each part writes its column range of one output; no copy."""
+
+    parts: tuple[QuantWeight, ...]
+    n: int
+    k: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+
+class InPlace:
+    """Layers keep their weights where they are: in the mapped file."""
+
+    @staticmethod
+    def place(load):
+        return load()
+
+
+class CpuBackend:
+    name = "cpu"
+
+    def __init__(self, threads: int, kv_cache_dtype: str = "f16"):
+        if kv_cache_dtype not in ("f16", "f32"):
+            raise ValueError(f"kv_cache_dtype {kv_cache_dtype!r} is not one of 'f16', 'f32'")
+        _cpu.set_threads(threads)
+        limit_blas_threads(threads)  # the sgemm of prefill tiles shares the same cores
+        self.kv_dtype = np.dtype(np.float16 if kv_cache_dtype == "f16" else np.float32)
+        self.q8_types = frozenset(_cpu.matmul_q8_types())
+        self._seq_memo: tuple | None = None  # attention metadata of the last batch (every layer reuses it)
+        log.info(
+            "backend: cpu (%s kernels, %d threads, %s KV cache)", _cpu.simd_level(), threads, kv_cache_dtype
+        )
+
+    # -- weights and caches ----------------------------------------------------------------------
+    def load_weight(self, tensor: TensorInfo) -> np.ndarray | QuantWeight:
+        """[N, K] matrices stay in their blocks; [D] norms and biases become float32."""
+        if len(tensor.shape) == 1:
+            return np.ascontiguousarray(dequantize(tensor), np.float32)
+        if len(tensor.shape) != 2:
+            raise BackendError(f"tensor {tensor.name}: {len(tensor.shape)}-D weights are not supported")
+        qtype = int(tensor.ggml_type)
+        elems, size = _cpu.block_size(qtype)
+        n, k = tensor.shape
+        if not elems:
+            raise BackendError(f"tensor {tensor.name}: GGML type {tensor.ggml_type.name} has no CPU kernel")
+        if k % elems:
+            raise BackendError(f"tensor {tensor.name}: row length {k} is not a multiple of {elems}")
+        raw = np.asarray(tensor.data).view(np.uint8).reshape(n, -1)
+        assert raw.shape[1] == k // elems * size, f"tensor {tensor.name}: {raw.shape[1]} bytes per row"
+        return QuantWeight(raw, qtype, n, k)
+
+    def stored_bytes(self, tensor: TensorInfo) -> int:
+        # matrices stay as the file's bytes (mapped); vectors become float32
+        return 4 * tensor.n_elements if len(tensor.shape) == 1 else tensor.nbytes
+
+    def fuse(self, parts: list) -> np.ndarray | SplitWeight:
+        if all(isinstance(p, np.ndarray) for p in parts):
+            return np.concatenate(parts)  # biases
+        flat = tuple(q for p in parts for q in (p.parts if isinstance(p, SplitWeight) else (p,)))
+        assert all(p.k == flat[0].k for p in flat), "fused weights must share their row length"
+        return SplitWeight(flat, sum(p.n for p in flat), flat[0].k)
+
+    def layer_arena(self, sizes: list[int]) -> InPlace:
+        return InPlace()
+
+    def alloc_kv(self, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
+        # np.zeros maps zero pages lazily: untouched blocks cost no resident memory
+        return [np.zeros(shape, self.kv_dtype) for _ in range(count)]
+
+    def kv_bytes_per_element(self) -> int:
+        return self.kv_dtype.itemsize
+
+    def copy_block(self, k_cache, v_cache, src: int, dst: int) -> None:
+        k_cache[dst] = k_cache[src]
+        v_cache[dst] = v_cache[src]
+
+    # -- ops -------------------------------------------------------------------------------------
+    def embed(self, table: QuantWeight, ids: np.ndarray) -> np.ndarray:
+        # table [V, D] in blocks, ids [T] -> [T, D]: only the rows read are dequantized
+        ids = np.ascontiguousarray(ids, np.int32)
+        out = np.empty((ids.size, table.k), np.float32)
+        _cpu.dequant_rows(
+            table.ggml_type, table.raw, table.raw.shape[1], table.n, table.k, ids, 0, ids.size, out
+        )
+        return out
+
+    def rmsnorm(self, x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+        x = _c32(x)
+        out = np.empty_like(x)
+        _cpu.rmsnorm(x, w, eps, x.shape[0], x.shape[1], out)
+        return out
+
+    def linear(
+        self, x: np.ndarray, w: QuantWeight | SplitWeight, bias: np.ndarray | None = None
+    ) -> np.ndarray:
+        # x [T, K] -> [T, N]; each part of a split weight writes columns off .. off + part.n of y
+        x = _c32(x)
+        t = x.shape[0]
+        assert x.shape[1] == w.k, f"linear: x {x.shape} vs weight [{w.n}, {w.k}]"
+        y = np.empty((t, w.n), np.float32)
+        flat, off, xq = y.reshape(-1), 0, None
+        for p in w.parts if isinstance(w, SplitWeight) else (w,):
+            if p.ggml_type in self.q8_types:  # int8 activations at every batch size: batch invariant
+                xq = xq if xq is not None else _quantize_q8(x)
+                _cpu.matmul_q8(p.ggml_type, p.raw, p.raw.shape[1], p.n, p.k, xq, t, flat[off:], w.n)
+            elif t <= MATVEC_ROWS:
+                _cpu.matvec(p.ggml_type, p.raw, p.raw.shape[1], p.n, p.k, x, t, flat[off:], w.n)
+            else:
+                _sgemm_tiles(p, x, y[:, off : off + p.n])
+            off += p.n
+        if bias is not None:
+            y += bias
+        return y
+
+    def rope(self, x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, style: str) -> None:
+        # x [T, H, hd] in place (a view of the fused qkv output: rotated in a contiguous copy)
+        if style not in ("normal", "neox"):
+            raise ValueError(f"rope style {style!r} is not one of 'normal', 'neox'")
+        t, h, hd = x.shape
+        target = x if x.flags.c_contiguous and x.dtype == np.float32 else _c32(x)
+        pos = np.ascontiguousarray(positions, np.int32)
+        _cpu.rope(target, t, h, hd, pos, inv_freq, inv_freq.shape[0], style == "neox")
+        if target is not x:
+            x[...] = target
+
+    def kv_write(self, k_cache, v_cache, k: np.ndarray, v: np.ndarray, slots: np.ndarray) -> None:
+        # caches [num_blocks, block_size, n_kv, hd]; k, v [T, n_kv, hd]; slots [T]
+        k, v = _c32(k), _c32(v)
+        row = k.shape[1] * k.shape[2]
+        slots = np.ascontiguousarray(slots, np.int32)
+        f16 = k_cache.dtype == np.float16
+        _cpu.kv_write(k_cache, v_cache, f16, k, v, slots, k.shape[0], row)
+
+    def attention(self, q, k_cache, v_cache, seqs: list[AttentionSeq], sliding_window: int | None = None):
+        # q [T, H, hd] -> [T, H, hd] over the paged caches [num_blocks, block_size, n_kv, hd]
+        q = _c32(q)
+        t, h, hd = q.shape
+        starts, lens, contexts, tables = self._seq_arrays(seqs)
+        out = np.empty_like(q)
+        f16 = k_cache.dtype == np.float16
+        _cpu.attention(
+            q, t, h, k_cache.shape[2], hd, k_cache, v_cache, f16, k_cache.shape[1], len(seqs),
+            starts, lens, contexts, tables, tables.shape[1], sliding_window or 0, out,
+        )  # fmt: skip
+        return out
+
+    def _seq_arrays(self, seqs: list[AttentionSeq]):
+        memo = self._seq_memo
+        if memo is not None and memo[0] is seqs:
+            return memo[1]
+        width = max(s.block_table.size for s in seqs)
+        tables = np.zeros((len(seqs), width), np.int32)  # [S, max blocks]
+        for i, s in enumerate(seqs):
+            tables[i, : s.block_table.size] = s.block_table
+        arrays = tuple(np.array([getattr(s, f) for s in seqs], np.int32) for f in _SEQ_FIELDS) + (tables,)
+        self._seq_memo = (seqs, arrays)
+        return arrays
+
+    def swiglu(self, gate_up: np.ndarray) -> np.ndarray:
+        gate_up = _c32(gate_up)
+        t, f = gate_up.shape[0], gate_up.shape[1] // 2
+        out = np.empty((t, f), np.float32)
+        _cpu.swiglu(gate_up, t, f, out)
+        return out
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x += y
+
+    def gather_rows(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return x[rows]
+
+    def to_host(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+_SEQ_FIELDS = ("query_start", "query_len", "context_len")
+
+
+def _c32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def _quantize_q8(x: np.ndarray) -> np.ndarray:
+    # x [T, K] float32 -> the kernels' packed int8 activations (one scale per 32 values)
+    xq = np.empty(_cpu.q8_bytes(x.shape[0], x.shape[1]), np.uint8)
+    _cpu.quantize_q8(x, x.shape[0], x.shape[1], xq)
+    return xq
+
+
+def _sgemm_tiles(w: QuantWeight, x: np.ndarray, y: np.ndarray) -> None:
+    # y [T, n] = x [T, K] @ W.T, W dequantized TILE_BYTES at a time (cache-resident) for NumPy's sgemm
+    rows = max(16, TILE_BYTES // (4 * w.k))
+    tile = np.empty((min(rows, w.n), w.k), np.float32)
+    for row0 in range(0, w.n, rows):
+        m = min(rows, w.n - row0)
+        _cpu.dequant_rows(w.ggml_type, w.raw, w.raw.shape[1], w.n, w.k, None, row0, m, tile[:m])
+        y[:, row0 : row0 + m] = x @ tile[:m].T
