@@ -97,7 +97,7 @@ def test_defaults(rendered):
         "GGUF_SERVE_HOST": "0.0.0.0",
         "GGUF_SERVE_PORT": "8000",
         "GGUF_SERVE_CACHE_DIR": "/models",
-        "GGUF_SERVE_BACKEND": "numpy",
+        "GGUF_SERVE_BACKEND": "cpu",
         "GGUF_SERVE_MODEL": "smollm2-135m",
         "GGUF_SERVE_SHUTDOWN_GRACE_S": "30",
     }

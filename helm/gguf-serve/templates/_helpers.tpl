@@ -47,9 +47,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (default (printf "%s-%s" .Chart.AppVersion $flavor) .Values.image.tag) }}
 {{- end }}
 
-{{/* settings.backend if set, else cuda on GPU pods and numpy elsewhere. */}}
+{{/* settings.backend if set, else cuda on GPU pods and cpu (the native kernels) elsewhere. */}}
 {{- define "gguf-serve.backend" -}}
-{{- default (ternary "cuda" "numpy" .Values.gpu.enabled) .Values.settings.backend }}
+{{- default (ternary "cuda" "cpu" .Values.gpu.enabled) .Values.settings.backend }}
 {{- end }}
 
 {{/* The server's drain time in whole seconds (its default is 30). */}}
