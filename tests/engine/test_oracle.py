@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 LOGIT_TOL = {"numpy": 1e-4, "cpu": 1.5}
 # max |Δ| of the cpu backend over the prompts below (2-core dev VM): SmolLM2 0.015 (5-token prompt) .. 1.00
 # (code); with float32 activations and KV the same kernels give 4.1e-5 (tests/engine/test_cpu_backend.py)
-CPU_MEASURED = "SmolLM2 0.015 .. 1.00"
+CPU_MEASURED = "SmolLM2 0.015 .. 1.00; Qwen2.5-0.5B 0.26 .. 0.32"
 NEAR_TIE = 0.5  # cpu greedy tokens equal the oracle's up to the first step whose top-2 logits are this close
 GREEDY_TOKENS = 32
 
