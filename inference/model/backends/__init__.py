@@ -8,6 +8,8 @@ from typing import Literal
 
 import msgspec
 
+from ...errors import BackendError
+
 log = logging.getLogger("gguf_serve.backend")
 
 BACKENDS = ("auto", "cuda", "cpu", "numpy")
@@ -69,8 +71,6 @@ def select_backend(config: BackendConfig | str):
             log.info("backend: cuda (pycuda, a CUDA device and nvcc are present)")
             return CudaBackend()
         if name == "cuda":
-            from ...errors import BackendError
-
             raise BackendError(f"backend 'cuda' requested but {reason}")
         log.info("backend: not cuda (%s)", reason)
     reason = cpu_unavailable_reason()
@@ -79,8 +79,6 @@ def select_backend(config: BackendConfig | str):
 
         return CpuBackend(threads=config.threads or usable_cores(), kv_cache_dtype=config.kv_cache_dtype)
     if name == "cpu":
-        from ...errors import BackendError
-
         raise BackendError(f"backend 'cpu' requested but {reason}")
     log.warning("backend: numpy, the slow float32 reference (%s)", reason)
     return _numpy(config)

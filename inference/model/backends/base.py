@@ -30,6 +30,20 @@ class Arena(Protocol):
         """load() -> one layer's weights (a dataclass); returns them as the backend keeps them."""
 
 
+class KeepInPlace:
+    """The arena of backends whose weights stay where load_weight put them (cpu: the mapped file; cuda:
+    each upload's own allocation)."""
+
+    @staticmethod
+    def place(load):
+        return load()
+
+
+def blocks_stored_bytes(tensor: TensorInfo) -> int:
+    """stored_bytes of a backend that keeps matrices in their GGUF blocks and vectors as float32."""
+    return 4 * tensor.n_elements if len(tensor.shape) == 1 else tensor.nbytes
+
+
 class Backend(Protocol):
     name: str  # "numpy", "cpu", "cuda": what "auto" resolved to
 

@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import BackendError
 from ...gguf.loader import TensorInfo, dequantize
 from . import _cpu, limit_blas_threads
-from .base import AttentionSeq
+from .base import AttentionSeq, KeepInPlace, blocks_stored_bytes
 
 log = logging.getLogger("gguf_serve.backend")
 
@@ -50,14 +50,6 @@ class SplitWeight:
     @property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
-
-
-class InPlace:
-    """Layers keep their weights where they are: in the mapped file."""
-
-    @staticmethod
-    def place(load):
-        return load()
 
 
 class CpuBackend:
@@ -94,8 +86,7 @@ class CpuBackend:
         return QuantWeight(raw, qtype, n, k)
 
     def stored_bytes(self, tensor: TensorInfo) -> int:
-        # matrices stay as the file's bytes (mapped); vectors become float32
-        return 4 * tensor.n_elements if len(tensor.shape) == 1 else tensor.nbytes
+        return blocks_stored_bytes(tensor)  # matrices stay as the file's bytes (mapped), vectors float32
 
     def fuse(self, parts: list) -> np.ndarray | SplitWeight:
         if all(isinstance(p, np.ndarray) for p in parts):
@@ -104,8 +95,8 @@ class CpuBackend:
         assert all(p.k == flat[0].k for p in flat), "fused weights must share their row length"
         return SplitWeight(flat, sum(p.n for p in flat), flat[0].k)
 
-    def layer_arena(self, sizes: list[int]) -> InPlace:
-        return InPlace()
+    def layer_arena(self, sizes: list[int]) -> KeepInPlace:
+        return KeepInPlace()
 
     def alloc_kv(self, shape: tuple[int, ...], count: int) -> list[np.ndarray]:
         # np.zeros maps zero pages lazily: untouched blocks cost no resident memory

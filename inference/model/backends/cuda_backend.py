@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BackendError, OutOfMemoryError
+from .base import KeepInPlace, blocks_stored_bytes
 from .cuda_memory import ActivationPool, DeviceArray, DeviceWeight, SplitWeight
 
 log = logging.getLogger("gguf_serve.backend")
@@ -76,14 +77,6 @@ _UPLOAD_CACHE = 16  # host arrays (positions, slots, block tables, ...) kept upl
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):,.1f} MiB"
-
-
-class KeepInPlace:
-    """The CUDA backend's layer arena: layers stay as uploaded."""
-
-    @staticmethod
-    def place(load):
-        return load()
 
 
 @dataclass
@@ -360,8 +353,7 @@ class CudaBackend:
         return DeviceWeight(self.to_device(raw, True, f"tensor {tensor.name}"), suffix, n, k)
 
     def stored_bytes(self, tensor) -> int:
-        # device bytes: matrices stay quantized, vectors become float32
-        return 4 * tensor.n_elements if len(tensor.shape) == 1 else tensor.nbytes
+        return blocks_stored_bytes(tensor)  # device bytes: matrices stay quantized, vectors float32
 
     def fuse(self, parts: list) -> DeviceWeight | SplitWeight | DeviceArray:
         """Stacks output rows (q|k|v, gate|up, or their biases) so one launch serves them all; parts of
