@@ -201,15 +201,15 @@ TARGET_AVX2 static void row_avx2(const matvec_args *a, int64_t j, uint8_t *buf) 
 
 /* out[i] = W row 0 . x[i], out[TT_512 + i] = W row 1 . x[i] for i < tt. Per block of both rows: its scales
  * once (prep_512), then 32 weights at a time in registers (dec_512), FMA'd against the tt activation rows.
- * For tt <= 2 the two 16-lane halves of a chunk go to separate accumulators: 4 FMA chains or more hide the
- * FMA latency. */
+ * One accumulator per (weight row, activation row), whatever tt: a row's sum runs in the same order at
+ * every batch size, so its result never depends on what it is batched with (a second accumulator set for
+ * tt <= 2, tried for FMA latency, changed the order and measured no faster: decode is memory-bound). */
 TARGET_AVX512 INLINE void qtile_512(int type, const uint8_t *r0, const uint8_t *r1, int64_t k, const float *x,
                                     int64_t t, int tt, float *out) {
-    const int be = ggml_block_elems(type), bb = ggml_block_bytes(type), sets = tt <= 2 ? 2 : 1;
-    __m512 acc[2][2][TT_512]; /* [weight row][half][activation row] */
+    const int be = ggml_block_elems(type), bb = ggml_block_bytes(type);
+    __m512 acc[2][TT_512]; /* [weight row][activation row] */
     for (int r = 0; r < 2; r++)
-        for (int s = 0; s < sets; s++)
-            for (int i = 0; i < tt; i++) acc[r][s][i] = _mm512_setzero_ps();
+        for (int i = 0; i < tt; i++) acc[r][i] = _mm512_setzero_ps();
     for (int64_t b = 0; b < k / be; b++) {
         const uint8_t *p0 = r0 + b * bb, *p1 = r1 + b * bb;
         for (int o = 0; o < bb; o += 64) {
@@ -227,16 +227,13 @@ TARGET_AVX512 INLINE void qtile_512(int type, const uint8_t *r0, const uint8_t *
             for (int i = 0; i < tt; i++)
                 for (int h = 0; h < 2; h++) {
                     const __m512 xv = _mm512_loadu_ps(xg16(x, t, b * be + 32 * c + 16 * h, i));
-                    acc[0][h % sets][i] = _mm512_fmadd_ps(w0[h], xv, acc[0][h % sets][i]);
-                    acc[1][h % sets][i] = _mm512_fmadd_ps(w1[h], xv, acc[1][h % sets][i]);
+                    acc[0][i] = _mm512_fmadd_ps(w0[h], xv, acc[0][i]);
+                    acc[1][i] = _mm512_fmadd_ps(w1[h], xv, acc[1][i]);
                 }
         }
     }
     for (int r = 0; r < 2; r++)
-        for (int i = 0; i < tt; i++) {
-            const __m512 sum = sets == 2 ? _mm512_add_ps(acc[r][0][i], acc[r][1][i]) : acc[r][0][i];
-            out[TT_512 * r + i] = _mm512_reduce_add_ps(sum);
-        }
+        for (int i = 0; i < tt; i++) out[TT_512 * r + i] = _mm512_reduce_add_ps(acc[r][i]);
 }
 
 TARGET_AVX512 INLINE void ftile_512(int type, const uint8_t *r0, const uint8_t *r1, int64_t k, const float *x,

@@ -136,6 +136,20 @@ def test_matvec_same_on_one_and_all_threads(qtype: QT):
     assert np.array_equal(one, matvec(qtype, raw, 1024, x, 301))
 
 
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda q: q.name)
+def test_matvec_row_independent_of_batch(qtype: QT, level: str):
+    """an activation row's result is bit-identical whatever rows it is batched with (the engine's
+    batch invariance: a decode row gives the same logits alone and in a batch of 16)"""
+    rng = np.random.default_rng([int(qtype), 11])
+    k = ks(qtype)[-1] * (4 if qtype in FLOATS else 1)
+    raw = random_rows(qtype, 9, k, rng)
+    x = rng.standard_normal((17, k), dtype=np.float32)
+    alone = np.concatenate([matvec(qtype, raw, k, x[i : i + 1], 9) for i in range(17)])
+    for t in (2, 3, 5, 8, 9, 17):
+        batched = matvec(qtype, raw, k, x[:t], 9)
+        assert np.array_equal(batched, alone[:t]), f"t={t}: rows differ from their solo results"
+
+
 def check_dequant(qtype: QT, raw: np.ndarray, k: int, rows: np.ndarray | None, row0: int, nrows: int, level):
     ref = reference(raw, qtype)[rows if rows is not None else slice(row0, row0 + nrows)]
     out = np.full((nrows, k), np.nan, dtype=np.float32)
