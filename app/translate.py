@@ -38,7 +38,7 @@ class ServedModel:
     tokenizer: Any  # inference.text.tokenizer.Tokenizer
     template: Any  # inference.text.chat_template.ChatTemplate
     context_length: int
-    vocab_size: int
+    vocab_size: int  # ids with a token, [0, vocab_size); the model's padded rows beyond are refused
     created: int  # unix time the server started, for /v1/models
     max_num_seqs: int  # n (times prompts) may not exceed what the engine decodes together
     kv_cache_tokens: int  # prompt + max_tokens of one sequence must fit in the KV cache
@@ -447,11 +447,6 @@ def _config(
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
         raise RequestError("stop sequences must not be empty strings", "stop")
-    for t in req.stop_token_ids or ():
-        if t >= model.vocab_size:
-            raise RequestError(
-                f"stop_token_ids: {t} is outside the vocabulary [0, {model.vocab_size})", "stop_token_ids"
-            )
     cfg = AdapterForwardConfig(
         request_id=request_id,
         prompt_ids=tuple(ids),

@@ -87,10 +87,11 @@ class InferenceAdapter:
         return self._run([token_id])
 
     def greedy(self, ids: list[int], n: int) -> list[int]:
-        """n argmax tokens after `ids` (no stop tokens): the golden-test path."""
+        """n argmax tokens after `ids` (no stop tokens): the golden-test path. Padded output rows (ids
+        without a token) are never taken, as in the engine."""
         out, logits = [], self.prefill(ids)
         for _ in range(n):
-            out.append(int(np.argmax(logits)))
+            out.append(int(np.argmax(logits[: self.tokenizer.vocab_size])))
             if len(out) < n:
                 logits = self.decode(out[-1])
         return out

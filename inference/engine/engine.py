@@ -79,7 +79,13 @@ class Engine:
 
     @property
     def vocab_size(self) -> int:
+        """Logits per row: the embedding and output rows, padding included."""
         return self.loaded.config.vocab_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Ids with a token, [0, num_tokens): the only ones a request may name or the sampler pick."""
+        return self.tokenizer.vocab_size
 
     @property
     def backend_name(self) -> str:
@@ -90,7 +96,7 @@ class Engine:
 
     def add_request(self, cfg: AdapterForwardConfig) -> None:
         """Validates and queues a request; its n choices run as n sequences sharing the prompt."""
-        cfg.validate(vocab_size=self.vocab_size, context_length=self.model_config.context_length)
+        cfg.validate(vocab_size=self.num_tokens, context_length=self.model_config.context_length)
         if cfg.request_id in self._by_request:
             raise RequestError(f"request id {cfg.request_id!r} is already running", param="request_id")
         if cfg.n > self.config.max_num_seqs:
@@ -113,7 +119,7 @@ class Engine:
         if index and params.seed is not None:  # siblings differ, yet stay reproducible
             params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
         constraint = JsonConstraint(self._json_vocabulary()) if cfg.response_format == "json_object" else None
-        sampling = SequenceSampling(params, cfg.prompt_ids, self.vocab_size, constraint)
+        sampling = SequenceSampling(params, cfg.prompt_ids, self.num_tokens, constraint)
         text = OutputText(
             self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output
         )
@@ -128,9 +134,7 @@ class Engine:
                     "this model's vocabulary has none",
                     "response_format",
                 )
-            data = tok.text_token_bytes()
-            data += [None] * (self.vocab_size - len(data))  # output rows beyond the vocabulary
-            self._json_vocab = JsonVocabulary(data, tok.eog_ids)
+            self._json_vocab = JsonVocabulary(tok.text_token_bytes(), tok.eog_ids)
         return self._json_vocab
 
     def abort(self, request_id: str) -> None:
@@ -163,6 +167,7 @@ class Engine:
         if not scheduled:
             return []
         logits, rows = self.runner.run(scheduled)  # [N, V]
+        logits = logits[:, : self.num_tokens]  # [N, num_tokens]: padded rows have no token, nor a chance
         to_sample = self._advance(scheduled, rows, logits)
         if not to_sample:
             return []

@@ -190,7 +190,11 @@ def _rope_scaling(m: _Metadata) -> tuple[str, float]:
 
 
 def _vocab_size(g: GGUFFile, m: _Metadata) -> int:
-    """{arch}.vocab_size, else the number of tokens, else token_embd's rows (as llama.cpp does)."""
+    """{arch}.vocab_size, else the number of tokens, else token_embd's rows (as llama.cpp does).
+
+    The embedding and output rows may outnumber the tokens (vocabulary padding): ids in the gap have no
+    token, so the API refuses them and the engine never samples them. Fewer rows than tokens is refused:
+    the tokenizer could produce an id past the embedding matrix."""
     size = m.int("vocab_size", None)
     tokens = g.metadata.get("tokenizer.ggml.tokens")
     if size is None and isinstance(tokens, list):
@@ -200,6 +204,11 @@ def _vocab_size(g: GGUFFile, m: _Metadata) -> int:
     if size is None:
         raise ModelConfigError(
             f"no vocabulary size: no {m.arch}.vocab_size, tokenizer.ggml.tokens or token_embd"
+        )
+    if isinstance(tokens, list) and len(tokens) > size:
+        raise ModelConfigError(
+            f"tokenizer.ggml.tokens has {len(tokens)} tokens but {m.arch}.vocab_size is {size}: "
+            f"ids from {size} on would have no embedding row"
         )
     return size
 
