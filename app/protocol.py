@@ -14,6 +14,7 @@ MAX_STOP_SEQUENCES = 16  # OpenAI allows 4; vLLM has no limit
 MAX_STOP_CHARS = 256  # characters of one stop string (the output holds back that much text)
 MAX_STOP_TOKEN_IDS = 64  # vLLM's extra `stop_token_ids`
 MAX_N = 128
+MAX_CACHE_SALT_CHARS = 256
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
@@ -71,6 +72,8 @@ class _Sampling(_Strict, kw_only=True):
     repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
     stop_token_ids: Annotated[list[TokenId], Meta(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    # only requests with the same salt share prefix-cache blocks (none: shared with every unsalted request)
+    cache_salt: Annotated[str, Meta(min_length=1, max_length=MAX_CACHE_SALT_CHARS)] | None = None
 
 
 class CompletionRequest(_Sampling, kw_only=True):

@@ -458,6 +458,7 @@ def _config(
         ignore_eos=req.ignore_eos,
         prompt_logprobs=prompt_logprobs,
         response_format=response_format,
+        cache_salt=req.cache_salt,
     )
     cfg.validate(vocab_size=model.vocab_size, context_length=model.context_length)
     return cfg

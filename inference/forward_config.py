@@ -11,6 +11,7 @@ MAX_N = 128  # choices per request
 MAX_LOGPROBS = 20  # alternatives per token, as the OpenAI API
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4; we are lenient)
 MAX_BIAS = 100.0  # |logit_bias| bound; -100 bans a token
+MAX_CACHE_SALT_CHARS = 256
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +71,7 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
     include_stop_str_in_output: bool = False
     prompt_logprobs: int | None = None  # for completions `echo` + `logprobs`
     response_format: Literal["text", "json_object"] = "text"  # json_object: the output is one JSON object
+    cache_salt: str | None = None  # mixed into the first KV block's hash: prefixes are shared per salt only
 
     def validate(self, *, vocab_size: int, context_length: int) -> None:
         """Raises RequestError (ContextLengthError for a too-long request), `param` set, on a bad value."""
@@ -82,6 +84,12 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
         self._validate_stop(vocab_size)
         if self.prompt_logprobs is not None:
             _check_range("prompt_logprobs", self.prompt_logprobs, 0, MAX_LOGPROBS)
+        if self.cache_salt is not None and not 0 < len(self.cache_salt) <= MAX_CACHE_SALT_CHARS:
+            raise RequestError(
+                f"cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_CHARS} characters, got "
+                f"{len(self.cache_salt)}",
+                "cache_salt",
+            )
         if self.ignore_eos and self.response_format == "json_object":
             raise RequestError(
                 "ignore_eos cannot be combined with response_format json_object: the output ends with the "

@@ -10,12 +10,22 @@ from collections.abc import Sequence
 import numpy as np
 
 BlockHash = bytes  # sha256 of the previous block's hash and this block's token ids
+_SALT_DOMAIN = b"gguf-serve cache_salt\0"
+
+
+def salted_root(salt: str | None) -> BlockHash:
+    """The "previous hash" of a prompt's first block: empty without a salt, else a digest of the salt, so
+    requests with different salts (or one without) share no cached block (every hash chains from it)."""
+    if salt is None:
+        return b""
+    return hashlib.sha256(_SALT_DOMAIN + salt.encode("utf-8", "surrogatepass")).digest()
 
 
 def block_hashes(
     token_ids: Sequence[int], block_size: int, start: int = 0, parent: BlockHash = b""
 ) -> list[BlockHash]:
-    """Chained hashes of the full blocks of token_ids from block `start` (parent: block start - 1's hash)."""
+    """Chained hashes of the full blocks of token_ids from block `start` (parent: block start - 1's hash,
+    or salted_root() for block 0)."""
     out = []
     for i in range(start, len(token_ids) // block_size):
         tokens = np.asarray(token_ids[i * block_size : (i + 1) * block_size], np.int64)

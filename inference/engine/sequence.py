@@ -5,7 +5,7 @@ import itertools
 
 from ..forward_config import AdapterForwardConfig
 from ..text.output_text import OutputText
-from .block_manager import BlockHash, block_hashes
+from .block_manager import BlockHash, block_hashes, salted_root
 
 _ids = itertools.count()
 
@@ -56,7 +56,7 @@ class Sequence:
     def block_hashes(self, num_blocks: int, block_size: int) -> list[BlockHash]:
         """Hashes of the first num_blocks full blocks of token_ids (computed once, extended on demand)."""
         if len(self.hashes) < num_blocks:
-            parent = self.hashes[-1] if self.hashes else b""
+            parent = self.hashes[-1] if self.hashes else salted_root(self.request.cache_salt)
             head = self.token_ids[: num_blocks * block_size]
             self.hashes += block_hashes(head, block_size, start=len(self.hashes), parent=parent)
         return self.hashes[:num_blocks]

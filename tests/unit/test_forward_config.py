@@ -127,6 +127,8 @@ EDGES = [
     ("stop", tuple("abcdefghijklmnop"), tuple("abcdefghijklmnopq"), False),
     ("stop_token_ids", (VOCAB - 1,), (VOCAB,), False),
     ("prompt_ids", (0, VOCAB - 1), (0, VOCAB), False),
+    ("cache_salt", "s" * 256, "s" * 257, False),
+    ("cache_salt", "s", "", False),
 ]
 
 

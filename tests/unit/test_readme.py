@@ -23,7 +23,7 @@ OPENAI_COMPLETIONS = (
     "model prompt best_of echo frequency_penalty logit_bias logprobs max_tokens n presence_penalty seed stop "
     "stream stream_options suffix temperature top_p user"
 ).split()
-VLLM_EXTRAS = ("top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids")
+VLLM_EXTRAS = ("top_k", "min_p", "repetition_penalty", "ignore_eos", "stop_token_ids", "cache_salt")
 
 
 def fenced_commands() -> list[str]:
