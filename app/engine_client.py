@@ -1,4 +1,4 @@
-"""EngineClient: bounded admission, the worker process and its supervisor, per-request event queues."""
+"""EngineClient: bounded admission, the worker process and its supervisor, per-request event buffers."""
 
 import asyncio
 import logging
@@ -46,19 +46,29 @@ class _Failure:
 
 
 class Generation:
-    """One admitted HTTP request: its engine requests (one per prompt) and the events coming back."""
+    """One admitted HTTP request: its engine requests (one per prompt) and the events coming back.
 
-    def __init__(self, client: "EngineClient", configs: tuple[AdapterForwardConfig, ...], timeout_s: float):
+    It holds its admission slot until release(): once its response is over, not when the engine is done."""
+
+    def __init__(
+        self,
+        client: "EngineClient",
+        configs: tuple[AdapterForwardConfig, ...],
+        timeout_s: float,
+        buffer_events: int,
+    ):
         self.client = client
         self.configs = configs
         self.num_seqs = sum(c.n for c in configs)
         self.admitted_at = time.monotonic()
         self.first_token_at: float | None = None
         self._deadline = self.admitted_at + timeout_s
-        self._queue: asyncio.Queue[TokenEvent | _Failure] = asyncio.Queue()
+        self._buffer_events = buffer_events  # per choice; beyond: the client is not reading
+        self._queue: asyncio.Queue[TokenEvent | _Failure] = asyncio.Queue()  # bounded in _deliver
         self._open = {(c.request_id, i) for c in configs for i in range(c.n)}  # choices not finished
         self._last_token_at: dict[tuple[str, int], float] = {}
-        self.finished = False  # every choice finished, or failed, or closed
+        self.finished = False  # nothing left for the engine: every choice finished, or failed, or aborted
+        self.released = False  # its admission slot is free again
 
     async def events(self) -> AsyncIterator[TokenEvent]:
         """Token events until every choice has finished; GenerationFailed/APIError when it cannot."""
@@ -82,9 +92,18 @@ class Generation:
         if not self.finished:
             self.client._abort(self)
 
+    def release(self) -> None:
+        """The response is over (its last byte written, or it failed): aborts what has not finished and
+        frees the admission slot; idempotent."""
+        self.close()
+        self.client._release(self)
+
     # -- called by the client on the event loop ------------------------------------------------------
 
     def _deliver(self, event: TokenEvent, now: float) -> None:
+        if self._queue.qsize() >= self._buffer_events * self.num_seqs:
+            self._overflow()
+            return
         key = (event.request_id, event.index)
         metrics = self.client.metrics
         if event.token_ids:
@@ -103,7 +122,19 @@ class Generation:
             self._open.discard(key)
             if not self._open:
                 metrics.e2e.observe(now - self.admitted_at)
-                self.client._release(self)
+                self.client._finished(self)
+
+    def _overflow(self) -> None:
+        """The client reads more slowly than the engine produces: abort rather than buffer without end."""
+        waiting = self._queue.qsize()
+        log.warning("%s: %d events unread by its client; aborted", self.configs[0].request_id, waiting)
+        self.client.metrics.aborted["buffer_full"] += 1
+        self.close()
+        message = (
+            f"the client did not read the stream: {waiting} events ({self._buffer_events} per choice) "
+            "were waiting; the request was aborted"
+        )
+        self._fail(GenerationFailed(408, message, "client_not_reading"))
 
     def _fail(self, error: GenerationFailed | APIError) -> None:
         self._queue.put_nowait(_Failure(error))
@@ -154,12 +185,14 @@ class EngineClient:
         request_timeout_s: float,
         metrics: Metrics,
         log_level: str = "info",
+        stream_buffer_events: int = 256,
     ):
         self.model_path = model_path
         self.backend = backend
         self.engine_config = engine_config
         self.capacity = engine_config["max_num_seqs"] + max_waiting  # sequences admitted at once
         self.request_timeout_s = request_timeout_s
+        self.stream_buffer_events = stream_buffer_events
         self.metrics = metrics
         self.log_level = log_level
         self.state = WorkerState.STOPPED
@@ -169,7 +202,7 @@ class EngineClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: _WorkerHandle | None = None
         self._by_request: dict[str, Generation] = {}  # engine request id -> its generation
-        self._admitted = 0  # sequences of admitted, unfinished generations
+        self._admitted = 0  # sequences of admitted generations not yet released
         self._failures = 0  # consecutive workers that died before becoming ready
         self._draining = False
         self._stopping = False
@@ -247,7 +280,7 @@ class EngineClient:
                 else "the engine worker is down and restarting"
             )
             raise APIError(503, message, code=self.state.value, headers={"Retry-After": "5"})
-        gen = Generation(self, configs, self.request_timeout_s)
+        gen = Generation(self, configs, self.request_timeout_s, self.stream_buffer_events)
         if self._admitted + gen.num_seqs > self.capacity:
             self.metrics.rejected["queue_full"] += 1
             raise APIError(
@@ -264,18 +297,23 @@ class EngineClient:
             self._worker.send(self._encoder.encode(worker_mod.AddRequest(cfg)))
         return gen
 
-    def _release(self, gen: Generation) -> None:
-        if gen.finished:
-            return
+    def _finished(self, gen: Generation) -> None:
+        """The engine has nothing more to do for `gen` (its admission slot is held until _release)."""
         gen.finished = True
-        self._admitted -= gen.num_seqs
-        self.metrics.in_flight -= 1
         for cfg in gen.configs:
             self._by_request.pop(cfg.request_id, None)
 
+    def _release(self, gen: Generation) -> None:
+        assert gen.finished, "released before the engine finished or aborted it"
+        if gen.released:
+            return
+        gen.released = True
+        self._admitted -= gen.num_seqs
+        self.metrics.in_flight -= 1
+
     def _abort(self, gen: Generation) -> None:
         unfinished = {request_id for request_id, _ in gen._open}
-        self._release(gen)
+        self._finished(gen)
         if self._worker is not None:
             for request_id in unfinished:
                 self._worker.send(self._encoder.encode(worker_mod.AbortRequest(request_id)))

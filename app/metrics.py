@@ -56,6 +56,7 @@ class Metrics:
         self.finished: defaultdict[str, int] = defaultdict(int)  # finish reason -> requests
         self.rejected: defaultdict[str, int] = defaultdict(int)  # reason -> requests refused at admission
         self.worker_restarts = 0
+        self.aborted: defaultdict[str, int] = defaultdict(int)  # reason -> requests aborted for the client
         # gauges, from the worker's latest report
         self.worker_up = 0
         self.running = 0
@@ -132,6 +133,13 @@ class Metrics:
         return [
             ("request_finished_total", "Finished choices by finish reason.", "finish_reason", self.finished),
             ("request_rejected_total", "Requests refused at admission, by reason.", "reason", self.rejected),
+            (
+                "requests_aborted_total",
+                "Requests aborted because their client stopped reading (client_idle: nothing read for "
+                "stream_idle_timeout_s; buffer_full: stream_buffer_events per choice unread).",
+                "reason",
+                self.aborted,
+            ),
         ]
 
 

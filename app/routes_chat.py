@@ -25,6 +25,7 @@ from .routes_common import (
     off_loop,
     service_of,
     sse_response,
+    submit,
 )
 from .translate import ChatPlan, chat_plan
 
@@ -35,7 +36,7 @@ async def create_chat_completion(
 ) -> Response[ChatCompletionResponse]:
     svc = service_of(request)
     plan = await off_loop(chat_plan, data, svc.model, new_id("chatcmpl"))
-    gen = svc.engine.submit((plan.config,))
+    gen = submit(request, (plan.config,))
     reply = Reply(svc, plan.request_id)
     if plan.stream:
         return sse_response(_stream(plan, svc.model.tokenizer, gen, reply), gen)

@@ -20,6 +20,7 @@ from inference.errors import RequestError
 from inference.events import TokenEvent, TokenLogprobs
 
 from . import sse
+from .delivery import hold
 from .engine_client import EngineClient, Generation, GenerationFailed
 from .errors import APIError, request_error_from_undecodable
 from .metrics import Metrics
@@ -152,6 +153,12 @@ async def require_json(request: Request) -> None:
 
 
 # -- running a request -----------------------------------------------------------------------------
+
+
+def submit(request: Request, configs: tuple) -> Generation:
+    """Admits the request's engine requests (429/503 when it cannot); the generation keeps its admission
+    slot until the response's last byte is written."""
+    return hold(request.scope, service_of(request).engine.submit(configs))
 
 
 def sse_response(frames: AsyncIterator[bytes], gen: Generation) -> Stream:

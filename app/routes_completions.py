@@ -17,6 +17,7 @@ from .routes_common import (
     off_loop,
     service_of,
     sse_response,
+    submit,
 )
 from .translate import CompletionPlan, completion_plan
 
@@ -79,7 +80,7 @@ class _Choices:
 async def create_completion(data: CompletionRequest, request: Request) -> Response[CompletionResponse]:
     svc = service_of(request)
     plan = await off_loop(completion_plan, data, svc.model, new_id("cmpl"))
-    gen = svc.engine.submit(plan.configs)
+    gen = submit(request, plan.configs)
     reply = Reply(svc, plan.request_id)
     choices = _Choices(plan, svc.model.tokenizer)
     if plan.stream:

@@ -129,6 +129,7 @@ def loader(settings: Settings, metrics: Metrics) -> Loader:
             request_timeout_s=settings.request_timeout_s,
             metrics=metrics,
             log_level=settings.log_level,
+            stream_buffer_events=settings.stream_buffer_events,
             engine_config={
                 "max_num_seqs": settings.max_num_seqs,
                 "max_num_batched_tokens": settings.max_num_batched_tokens,

@@ -12,6 +12,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import require_api_key
 from .cli import version
+from .delivery import deliver_within
 from .errors import EXCEPTION_HANDLERS
 from .metrics import CONTENT_TYPE, Metrics
 from .protocol import (
@@ -198,7 +199,7 @@ def create_app(
     return Litestar(
         route_handlers=[health, metrics, protected],
         lifespan=[lifespan],
-        middleware=[retry_after_on_503],
+        middleware=[deliver_within(settings.stream_idle_timeout_s, metrics_), retry_after_on_503],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         state=State({"service": service, "startup": startup, "max_body_bytes": settings.max_body_bytes}),

@@ -50,6 +50,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     prefix_caching: bool = True
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     request_timeout_s: PositiveFloat = 600.0
+    stream_idle_timeout_s: PositiveFloat = 30.0
+    stream_buffer_events: PositiveInt = 256
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cache_dir: str = ""  # "" = the user's cache directory (e.g. ~/.cache/gguf-serve)
@@ -252,6 +254,8 @@ _HELP = {  # one line each for --help; config/default.toml explains every settin
     "prefix_caching": "reuse the KV of earlier prompts' full blocks (true | false)",
     "max_body_bytes": "largest request body (413 beyond)",
     "request_timeout_s": "abort a request running longer than this",
+    "stream_idle_timeout_s": "abort a request whose client has read nothing of its response for this long",
+    "stream_buffer_events": "events buffered per choice for a client that does not read; beyond: abort",
     "shutdown_grace_s": "drain time after SIGTERM",
     "log_level": "critical | error | warning | info | debug",
     "cache_dir": "where registry models are cached; '' = the user cache directory",
