@@ -1,4 +1,5 @@
-"""EngineClient: bounded admission, the worker process and its supervisor, per-request event buffers."""
+"""EngineClient: bounded admission, the worker process and its supervisor (heartbeat, restart backoff),
+per-request event buffers."""
 
 import asyncio
 import logging
@@ -22,7 +23,8 @@ from .metrics import Metrics
 
 log = logging.getLogger("gguf_serve.engine_client")
 
-RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after a worker that never became ready dies
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # before replacing the 1st, 2nd, ... crash in a row
+STABLE_S = 60.0  # a worker that was ready this long ran stably: the count of crashes in a row restarts
 
 
 class WorkerState(Enum):
@@ -43,6 +45,22 @@ class GenerationFailed(Exception):
 class _Failure:
     def __init__(self, error: GenerationFailed | APIError):
         self.error = error
+
+
+class RestartPolicy:
+    """How long to wait before replacing a dead worker: not at all after a stable run, then
+    RESTART_BACKOFF_S for each further worker that died before becoming ready or within STABLE_S of it."""
+
+    def __init__(self) -> None:
+        self.crashes = 0  # workers in a row that died without a stable run
+
+    def delay(self, ran_for: float | None) -> float:
+        """Seconds to wait; `ran_for`: how long the dead worker had been ready (None: it never was)."""
+        if ran_for is not None and ran_for >= STABLE_S:
+            self.crashes = 0
+            return 0.0
+        self.crashes += 1
+        return RESTART_BACKOFF_S[min(self.crashes, len(RESTART_BACKOFF_S)) - 1]
 
 
 class Generation:
@@ -149,6 +167,9 @@ class _WorkerHandle:
         self.outbox = outbox  # we receive on it
         self.outgoing: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.ready = False
+        self.ready_at: float | None = None  # monotonic time of WorkerReady
+        self.last_beat = time.monotonic()  # of its latest message (every message counts as a heartbeat)
+        self.stalled = False  # no heartbeat for the stall timeout: killed
 
     def send(self, data: bytes) -> None:
         self.outgoing.put(data)
@@ -186,6 +207,7 @@ class EngineClient:
         metrics: Metrics,
         log_level: str = "info",
         stream_buffer_events: int = 256,
+        stall_timeout_s: float = 30.0,
     ):
         self.model_path = model_path
         self.backend = backend
@@ -193,6 +215,7 @@ class EngineClient:
         self.capacity = engine_config["max_num_seqs"] + max_waiting  # sequences admitted at once
         self.request_timeout_s = request_timeout_s
         self.stream_buffer_events = stream_buffer_events
+        self.stall_timeout_s = stall_timeout_s
         self.metrics = metrics
         self.log_level = log_level
         self.state = WorkerState.STOPPED
@@ -203,12 +226,14 @@ class EngineClient:
         self._worker: _WorkerHandle | None = None
         self._by_request: dict[str, Generation] = {}  # engine request id -> its generation
         self._admitted = 0  # sequences of admitted generations not yet released
-        self._failures = 0  # consecutive workers that died before becoming ready
+        self._restarts = RestartPolicy()
+        self._down_detail = ""  # why the worker is down, for /health
         self._draining = False
         self._stopping = False
         self._ready_event = asyncio.Event()
         self._encoder = msgspec.msgpack.Encoder()
         self._restart_task: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -216,6 +241,7 @@ class EngineClient:
         self._loop = asyncio.get_running_loop()
         self._ready_event = asyncio.Event()
         self._spawn()
+        self._watchdog = asyncio.ensure_future(self._watch())
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         try:
@@ -243,8 +269,9 @@ class EngineClient:
         """Stops the worker (politely, then by force); fails what is left."""
         self._stopping = True
         self._draining = True
-        if self._restart_task is not None:
-            self._restart_task.cancel()
+        for task in (self._restart_task, self._watchdog):
+            if task is not None:
+                task.cancel()
         self._fail_all(GenerationFailed(503, "the server is shutting down", "shutting_down"))
         handle, self._worker = self._worker, None
         self.state = WorkerState.STOPPED
@@ -262,6 +289,11 @@ class EngineClient:
     @property
     def health(self) -> str:
         return WorkerState.STOPPED.value if self._draining else self.state.value
+
+    @property
+    def health_detail(self) -> str:
+        """Why the worker is down (a crash, a stall, the restart delay); "" in every other state."""
+        return self._down_detail if self.health == WorkerState.DOWN.value else ""
 
     @property
     def worker_pid(self) -> int | None:
@@ -343,6 +375,7 @@ class EngineClient:
         handle = _WorkerHandle(process, inbox_w, outbox_r)
         self._worker = handle
         self.state = WorkerState.LOADING
+        self._down_detail = ""
         threading.Thread(target=handle.writer, name="worker-writer", daemon=True).start()
         threading.Thread(
             target=handle.reader,
@@ -365,9 +398,10 @@ class EngineClient:
         return call
 
     def _on_message(self, handle: _WorkerHandle, msg) -> None:
-        if handle is not self._worker:
+        if handle is not self._worker or handle.stalled:
             return
         now = time.monotonic()
+        handle.last_beat = now
         if isinstance(msg, worker_mod.WorkerStep):
             self.stats = msg.stats
             self.metrics.set_engine_stats(msg.stats)
@@ -383,8 +417,7 @@ class EngineClient:
                 if gen is not None:
                     gen._deliver(event, now)
         elif isinstance(msg, worker_mod.WorkerReady):
-            handle.ready = True
-            self._failures = 0
+            handle.ready, handle.ready_at = True, now
             self.backend_used = msg.backend
             self.stats = msg.stats
             self.metrics.set_engine_stats(msg.stats)
@@ -415,9 +448,18 @@ class EngineClient:
         self._fail_all(
             GenerationFailed(503, "the engine worker process died; the request was aborted", "worker_died")
         )
-        if not handle.ready:
-            self._failures += 1
-        delay = RESTART_BACKOFF_S[min(self._failures, len(RESTART_BACKOFF_S) - 1)] if self._failures else 0.0
+        ran_for = None if handle.ready_at is None else time.monotonic() - handle.ready_at
+        delay = self._restarts.delay(ran_for)
+        cause = (
+            f"the worker process sent no heartbeat for {self.stall_timeout_s} s; killed it"
+            if handle.stalled
+            else "the worker process died"
+        )
+        self._down_detail = (
+            f"{cause}; restarting in {delay} s (crash {self._restarts.crashes} in a row)"
+            if delay
+            else f"{cause}; a new one is starting"
+        )
         self._restart_task = asyncio.ensure_future(self._restart(handle, delay))
 
     async def _restart(self, dead: _WorkerHandle, delay: float) -> None:
@@ -432,6 +474,41 @@ class EngineClient:
         if not self._stopping:
             self.metrics.worker_restarts += 1
             self._spawn()
+
+    # -- the heartbeat ---------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Checks the worker's heartbeat four times per stall timeout."""
+        while not self._stopping:
+            await asyncio.sleep(self.stall_timeout_s / 4)
+            self._check_heartbeat(time.monotonic())
+
+    def _check_heartbeat(self, now: float) -> None:
+        """A ready worker silent for the stall timeout is hung (or stopped): fail its requests, kill it;
+        its reader then sees EOF and _on_exit replaces it."""
+        handle = self._worker
+        if handle is None or not handle.ready or handle.stalled:
+            return
+        silent = now - handle.last_beat
+        if silent < self.stall_timeout_s:
+            return
+        log.error(
+            "worker process %d sent nothing for %.1f s (worker_stall_timeout_s %.1f): killing it",
+            handle.process.pid,
+            silent,
+            self.stall_timeout_s,
+        )
+        handle.stalled = True
+        self.state = WorkerState.DOWN
+        self._down_detail = f"the worker process sent no heartbeat for {self.stall_timeout_s} s; killed it"
+        self.metrics.worker_up = 0
+        self.metrics.worker_stalls += 1
+        message = (
+            f"the engine worker stopped responding (no heartbeat for {self.stall_timeout_s} s); "
+            "the request was aborted"
+        )
+        self._fail_all(GenerationFailed(503, message, "worker_stalled"))
+        handle.process.kill()  # SIGKILL: a stopped (SIGSTOP) process dies too
 
 
 def _join_or_kill(process, timeout_s: float) -> None:

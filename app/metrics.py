@@ -56,6 +56,7 @@ class Metrics:
         self.finished: defaultdict[str, int] = defaultdict(int)  # finish reason -> requests
         self.rejected: defaultdict[str, int] = defaultdict(int)  # reason -> requests refused at admission
         self.worker_restarts = 0
+        self.worker_stalls = 0
         self.aborted: defaultdict[str, int] = defaultdict(int)  # reason -> requests aborted for the client
         # gauges, from the worker's latest report
         self.worker_up = 0
@@ -94,6 +95,12 @@ class Metrics:
                 "worker_restarts_total",
                 "Times the supervisor restarted a dead worker.",
                 self.worker_restarts,
+            ),
+            (
+                "counter",
+                "worker_stalls_total",
+                "Workers killed for sending no heartbeat for worker_stall_timeout_s.",
+                self.worker_stalls,
             ),
             (
                 "gauge",

@@ -130,6 +130,7 @@ def loader(settings: Settings, metrics: Metrics) -> Loader:
             metrics=metrics,
             log_level=settings.log_level,
             stream_buffer_events=settings.stream_buffer_events,
+            stall_timeout_s=settings.worker_stall_timeout_s,
             engine_config={
                 "max_num_seqs": settings.max_num_seqs,
                 "max_num_batched_tokens": settings.max_num_batched_tokens,

@@ -94,7 +94,8 @@ async def health(request: Request) -> Response[Health]:
     state = engine.health
     if state == "ready":
         return Response(Health(status="ok"), status_code=200)
-    return Response(Health(status=state, detail=_DETAIL.get(state, state)), status_code=503)
+    detail = engine.health_detail or _DETAIL.get(state, state)
+    return Response(Health(status=state, detail=detail), status_code=503)
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["Operations"], media_type=CONTENT_TYPE)

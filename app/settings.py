@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     request_timeout_s: PositiveFloat = 600.0
     stream_idle_timeout_s: PositiveFloat = 30.0
     stream_buffer_events: PositiveInt = 256
+    worker_stall_timeout_s: Annotated[float, msgspec.Meta(ge=2.0)] = 30.0  # the worker beats every 1 s
     shutdown_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     cache_dir: str = ""  # "" = the user's cache directory (e.g. ~/.cache/gguf-serve)
@@ -256,6 +257,7 @@ _HELP = {  # one line each for --help; config/default.toml explains every settin
     "request_timeout_s": "abort a request running longer than this",
     "stream_idle_timeout_s": "abort a request whose client has read nothing of its response for this long",
     "stream_buffer_events": "events buffered per choice for a client that does not read; beyond: abort",
+    "worker_stall_timeout_s": "no heartbeat from the worker for this long: /health 503, worker replaced",
     "shutdown_grace_s": "drain time after SIGTERM",
     "log_level": "critical | error | warning | info | debug",
     "cache_dir": "where registry models are cached; '' = the user cache directory",

@@ -19,6 +19,8 @@ from ..model.backends import BackendConfig
 
 log = logging.getLogger("gguf_serve.worker")
 
+HEARTBEAT_S = 1.0  # the loop sends a Heartbeat this often, idle or busy (engine_client checks it)
+
 
 # -- API process -> worker -------------------------------------------------------------------------
 
@@ -76,7 +78,11 @@ class WorkerFailed(msgspec.Struct, tag="failed"):
     message: str  # the worker exits after sending this
 
 
-FromWorker = WorkerReady | WorkerStep | WorkerFailed
+class Heartbeat(msgspec.Struct, tag="beat"):
+    """The loop is alive; sent every HEARTBEAT_S whatever else is sent."""
+
+
+FromWorker = WorkerReady | WorkerStep | WorkerFailed | Heartbeat
 
 
 class Worker:
@@ -91,6 +97,7 @@ class Worker:
         self._arrived: dict[str, float] = {}  # request id -> arrival time, until first scheduled
         self._rejected: list[Rejection] = []
         self._stopping = False
+        self._beat_at = 0.0  # monotonic time of the last Heartbeat
 
     def serve_forever(self) -> None:
         while not self._stopping:
@@ -101,16 +108,25 @@ class Worker:
             events = self.engine.step() if self.engine.has_unfinished() else []
             if events or changed or self._rejected:
                 self._publish(events, started)
+            self._beat()
 
     def _drain(self, block: bool) -> bool:
-        """Handles every waiting message (waiting for one when `block`); True if any arrived."""
+        """Handles every waiting message (waiting up to HEARTBEAT_S for one when `block`); True if any
+        arrived."""
         got = False
-        while block or self.inbox.poll(0):
+        while self.inbox.poll(HEARTBEAT_S if block and not got else 0):
             self._handle(self._decoder.decode(self.inbox.recv_bytes()))
-            got, block = True, False
+            got = True
             if self._stopping:
                 break
         return got
+
+    def _beat(self) -> None:
+        """A Heartbeat when HEARTBEAT_S has passed since the last: a hung loop sends none."""
+        now = time.monotonic()
+        if now - self._beat_at >= HEARTBEAT_S:
+            self.outbox.send_bytes(self._encoder.encode(Heartbeat()))
+            self._beat_at = now
 
     def _handle(self, msg: ToWorker) -> None:
         if isinstance(msg, AddRequest):
