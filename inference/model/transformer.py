@@ -19,6 +19,13 @@ class ForwardBatch:
     seqs: list[AttentionSeq]  # one per sequence, in packing order
     logit_rows: np.ndarray  # [N] int: rows of T whose next-token logits are wanted
 
+    @property
+    def kv_only(self) -> np.ndarray:
+        """[T] bool: rows whose logits nobody reads (they only fill the KV cache)."""
+        mask = np.ones(self.token_ids.shape[0], bool)
+        mask[self.logit_rows] = False
+        return mask
+
 
 class LlamaModel:
     def __init__(self, config: ModelConfig, weights: ModelWeights, backend: Backend):
@@ -31,17 +38,18 @@ class LlamaModel:
         KVCache: k[layer], v[layer]); logits [N, V] on the host."""
         ops, w = self.backend, self.weights
         x = ops.embed(w.token_embd, batch.token_ids)  # [T, D]
+        kv_only = batch.kv_only
         for i, layer in enumerate(w.layers):
-            self._attention_block(x, layer, batch, kv.k[i], kv.v[i])
-            self._ffn_block(x, layer)
+            self._attention_block(x, layer, batch, kv.k[i], kv.v[i], kv_only)
+            self._ffn_block(x, layer, kv_only)
         h = ops.rmsnorm(ops.gather_rows(x, batch.logit_rows), w.output_norm, self.config.norm_eps)  # [N, D]
         return ops.to_host(ops.linear(h, w.output))  # [N, V] on the host: the sampler runs there
 
-    def _attention_block(self, x, layer: LayerWeights, batch: ForwardBatch, k_cache, v_cache) -> None:
+    def _attention_block(self, x, layer: LayerWeights, batch: ForwardBatch, k_cache, v_cache, kv_only):
         ops, c = self.backend, self.config
         t = x.shape[0]
         h = ops.rmsnorm(x, layer.attn_norm, c.norm_eps)
-        qkv = ops.linear(h, layer.wqkv, layer.bqkv)  # [T, (H + 2 H_kv) * hd]
+        qkv = ops.linear(h, layer.wqkv, layer.bqkv, kv_only)  # [T, (H + 2 H_kv) * hd]
         q_end, k_end = c.num_heads * c.head_dim, (c.num_heads + c.num_kv_heads) * c.head_dim
         q = qkv[:, :q_end].reshape(t, c.num_heads, c.head_dim)
         k = qkv[:, q_end:k_end].reshape(t, c.num_kv_heads, c.head_dim)
@@ -50,9 +58,10 @@ class LlamaModel:
         ops.rope(k, batch.positions, self.weights.inv_freq, c.rope_style)
         ops.kv_write(k_cache, v_cache, k, v, batch.slots)
         attn = ops.attention(q, k_cache, v_cache, batch.seqs, c.sliding_window)  # [T, H, hd]
-        ops.add(x, ops.linear(attn.reshape(t, -1), layer.wo))
+        ops.add(x, ops.linear(attn.reshape(t, -1), layer.wo, kv_only=kv_only))
 
-    def _ffn_block(self, x, layer: LayerWeights) -> None:
+    def _ffn_block(self, x, layer: LayerWeights, kv_only) -> None:
         ops = self.backend
         h = ops.rmsnorm(x, layer.ffn_norm, self.config.norm_eps)
-        ops.add(x, ops.linear(ops.swiglu(ops.linear(h, layer.w_gate_up)), layer.w_down))
+        gate_up = ops.linear(h, layer.w_gate_up, kv_only=kv_only)  # [T, 2F]
+        ops.add(x, ops.linear(ops.swiglu(gate_up), layer.w_down, kv_only=kv_only))

@@ -76,8 +76,10 @@ class Backend(Protocol):
     def rmsnorm(self, x, w, eps: float) -> Any:
         """x [T, D], w [D] -> [T, D]."""
 
-    def linear(self, x, w, bias=None) -> Any:
-        """x [T, K], w [N, K] (+ bias [N]) -> [T, N]."""
+    def linear(self, x, w, bias=None, kv_only: np.ndarray | None = None) -> Any:
+        """x [T, K], w [N, K] (+ bias [N]) -> [T, N]. kv_only [T] bool on the host (None: all False) marks
+        rows that only fill the KV cache (no logits read from them): a backend may compute those at lower
+        precision (the cpu backend's int8 activations); every other row at full float32 precision."""
 
     def rope(self, x, positions: np.ndarray, inv_freq: np.ndarray, style: str) -> None:
         """x [T, H, hd] rotated in place at positions [T]; style "normal" or "neox"."""

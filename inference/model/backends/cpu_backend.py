@@ -1,11 +1,15 @@
 """cpu backend: weights stay in their GGUF blocks (views of the mapped file); native kernels compute.
 
-The kernels (cpu/*.c, built by `pip install` into `_cpu`) pick their SIMD path at run time. For the weight
-types with an int8 kernel (Q4_0 .. Q8_0, Q4_K .. Q6_K) a linear quantizes the activations to int8 once
-(one scale per 32 values) and runs integer dot products over the weight's blocks, reading each weight
-byte once for all rows, at every batch size: a row's result never depends on what it is batched with.
-Other types (F32, F16, BF16, Q2_K, Q3_K) stay in float32: a fused dequantize x vector pass for few rows,
-cache-sized dequantized tiles handed to sgemm for many.
+The kernels (cpu/*.c, built by `pip install` into `_cpu`) pick their SIMD path at run time. A linear
+splits its rows by what they are for:
+- rows whose logits are read (decode tokens, a prompt's last row) run in float32 through the fused
+  dequantize x vector kernel, which reads each weight byte once for up to 8 rows;
+- rows that only fill the KV cache (the rest of a prefill) take int8 activations (one scale per 32 values)
+  and integer dot products over the weight's blocks, for the types with that kernel (Q4_0 .. Q8_0,
+  Q4_K .. Q6_K); other types (F32, F16, BF16, Q2_K, Q3_K) stay in float32 (matvec for few rows,
+  cache-sized dequantized tiles handed to sgemm for many).
+Which path a row takes depends only on its own sequence, and both kernels give a row the same result in
+any batch: batched output equals solo output.
 """
 
 import logging
@@ -126,16 +130,44 @@ class CpuBackend:
         return out
 
     def linear(
-        self, x: np.ndarray, w: QuantWeight | SplitWeight, bias: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        w: QuantWeight | SplitWeight,
+        bias: np.ndarray | None = None,
+        kv_only: np.ndarray | None = None,
     ) -> np.ndarray:
-        # x [T, K] -> [T, N]; each part of a split weight writes columns off .. off + part.n of y
+        # x [T, K] -> [T, N]; kv_only [T] bool: rows that only fill the KV cache take int8 activations
         x = _c32(x)
-        t = x.shape[0]
         assert x.shape[1] == w.k, f"linear: x {x.shape} vs weight [{w.n}, {w.k}]"
-        y = np.empty((t, w.n), np.float32)
-        flat, off, xq = y.reshape(-1), 0, None
-        for p in w.parts if isinstance(w, SplitWeight) else (w,):
-            if p.ggml_type in self.q8_types:  # int8 activations at every batch size: batch invariant
+        y = np.empty((x.shape[0], w.n), np.float32)
+        fill = np.flatnonzero(kv_only) if kv_only is not None else np.empty(0, np.int64)
+        if fill.size == 0:
+            self._exact(x, w, y)
+        elif fill.size == x.shape[0]:
+            self._fill(x, w, y)
+        else:  # a prefill chunk's last row (its logits are read) beside the rows before it
+            exact = np.flatnonzero(~kv_only)
+            y[fill] = self._fill(np.ascontiguousarray(x[fill]), w, np.empty((fill.size, w.n), np.float32))
+            y[exact] = self._exact(np.ascontiguousarray(x[exact]), w, np.empty((exact.size, w.n), np.float32))
+        if bias is not None:
+            y += bias
+        return y
+
+    def _exact(self, x: np.ndarray, w: QuantWeight | SplitWeight, y: np.ndarray) -> np.ndarray:
+        # rows whose logits are read: float32 activations through the fused matvec, whatever their count
+        # (the kernel gives a row the same result in any batch: batch invariance)
+        flat, off = y.reshape(-1), 0
+        for p in _parts(w):
+            _cpu.matvec(p.ggml_type, p.raw, p.raw.shape[1], p.n, p.k, x, x.shape[0], flat[off:], w.n)
+            off += p.n
+        return y
+
+    def _fill(self, x: np.ndarray, w: QuantWeight | SplitWeight, y: np.ndarray) -> np.ndarray:
+        # rows that only fill the KV cache: int8 activations (one scale per 32) where the type has the
+        # kernel (each row alike at any count), else float32 (matvec for few rows, tiles + sgemm for many)
+        t, flat, off, xq = x.shape[0], y.reshape(-1), 0, None
+        for p in _parts(w):
+            if p.ggml_type in self.q8_types:
                 xq = xq if xq is not None else _quantize_q8(x)
                 _cpu.matmul_q8(p.ggml_type, p.raw, p.raw.shape[1], p.n, p.k, xq, t, flat[off:], w.n)
             elif t <= MATVEC_ROWS:
@@ -143,8 +175,6 @@ class CpuBackend:
             else:
                 _sgemm_tiles(p, x, y[:, off : off + p.n])
             off += p.n
-        if bias is not None:
-            y += bias
         return y
 
     def rope(self, x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, style: str) -> None:
@@ -209,6 +239,10 @@ class CpuBackend:
 
 
 _SEQ_FIELDS = ("query_start", "query_len", "context_len")
+
+
+def _parts(w: QuantWeight | SplitWeight) -> tuple[QuantWeight, ...]:
+    return w.parts if isinstance(w, SplitWeight) else (w,)
 
 
 def _c32(a: np.ndarray) -> np.ndarray:

@@ -424,8 +424,14 @@ class CudaBackend:
         )  # fmt: skip
         return out
 
-    def linear(self, x: DeviceArray, w: DeviceWeight | SplitWeight, bias: DeviceArray | None = None):
-        # x [T, K], w [N, K] -> [T, N]
+    def linear(
+        self,
+        x: DeviceArray,
+        w: DeviceWeight | SplitWeight,
+        bias: DeviceArray | None = None,
+        kv_only: np.ndarray | None = None,
+    ):
+        # x [T, K], w [N, K] -> [T, N], every row alike (kv_only is a cpu-backend precision choice)
         self._check(x, "linear x", ndim=2)
         t, k = x.shape
         assert k == w.k, f"linear: x has {k} columns, weight rows have {w.k}"

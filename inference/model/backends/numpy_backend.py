@@ -98,8 +98,11 @@ class NumpyBackend:
         ms = np.einsum("td,td->t", x, x)[:, None] / np.float32(x.shape[1])
         return x * (np.float32(1.0) / np.sqrt(ms + np.float32(eps))) * w
 
-    def linear(self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-        # x [T, K], w [N, K] -> [T, N]; gemv streams W at full bandwidth (later rows find it in cache)
+    def linear(
+        self, x: np.ndarray, w: np.ndarray, bias: np.ndarray | None = None, kv_only: np.ndarray | None = None
+    ) -> np.ndarray:
+        # x [T, K], w [N, K] -> [T, N], every row in float32 (kv_only needs nothing here); gemv streams W at
+        # full bandwidth (later rows find it in cache)
         t = x.shape[0]
         if t <= GEMV_ROWS:
             y = np.empty((t, w.shape[0]), np.float32)
