@@ -22,10 +22,10 @@ int cpu_dequant_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t k, c
 /* rmsnorm.c: out[t, d] = x[t, d] / sqrt(mean(x[t]^2) + eps) * w[d] */
 void cpu_rmsnorm(const float *x, const float *w, float eps, int64_t t, int64_t d, float *out);
 
-/* rope.c: x [t, h, hd] rotated in place over its first 2 * half dims at positions pos[t];
- * angle = pos * inv_freq[i]; neox pairs (i, i + half), otherwise adjacent pairs (2i, 2i + 1) */
-void cpu_rope(float *x, int64_t t, int64_t h, int64_t hd, const int32_t *pos, const float *inv_freq,
-              int64_t half, int neox);
+/* rope.c: cs [t, 2, half] = cos, sin of pos[r] * inv_freq[i]; then x [t, h, hd] rotated in place over its
+ * first 2 * half dims by cs; neox pairs (i, i + half), otherwise adjacent pairs (2i, 2i + 1) */
+void cpu_rope_table(const int32_t *pos, int64_t t, const float *inv_freq, int64_t half, float *cs);
+void cpu_rope(float *x, int64_t t, int64_t h, int64_t hd, const float *cs, int64_t half, int neox);
 
 /* swiglu.c: out[t, f] = silu(gate_up[t, f]) * gate_up[t, F + f], gate_up [t, 2F] */
 void cpu_swiglu(const float *gate_up, int64_t t, int64_t f, float *out);

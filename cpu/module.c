@@ -104,21 +104,37 @@ static PyObject *py_rmsnorm(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* rope(x, t, h, hd, pos, inv_freq, half, neox) */
-static PyObject *py_rope(PyObject *self, PyObject *args) {
-    Py_buffer x, pos, inv;
-    Py_ssize_t t, h, hd, half;
-    int neox;
-    if (!PyArg_ParseTuple(args, "w*nnny*y*np", &x, &t, &h, &hd, &pos, &inv, &half, &neox)) return NULL;
-    if (need(&x, 4 * t * h * hd, "x") || need(&pos, 4 * t, "positions") || need(&inv, 4 * half, "inv_freq") ||
-        (2 * half > hd && (PyErr_SetString(PyExc_ValueError, "2 * half > head_dim"), 1))) {
-        RELEASE(&x, &pos, &inv);
+/* rope_table(pos, t, inv_freq, half, cs) */
+static PyObject *py_rope_table(PyObject *self, PyObject *args) {
+    Py_buffer pos, inv, cs;
+    Py_ssize_t t, half;
+    if (!PyArg_ParseTuple(args, "y*ny*nw*", &pos, &t, &inv, &half, &cs)) return NULL;
+    if (need(&pos, 4 * t, "positions") || need(&inv, 4 * half, "inv_freq") || need(&cs, 8 * t * half, "cs")) {
+        RELEASE(&pos, &inv, &cs);
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    cpu_rope(x.buf, t, h, hd, pos.buf, inv.buf, half, neox);
+    cpu_rope_table(pos.buf, t, inv.buf, half, cs.buf);
     Py_END_ALLOW_THREADS
-    RELEASE(&x, &pos, &inv);
+    RELEASE(&pos, &inv, &cs);
+    Py_RETURN_NONE;
+}
+
+/* rope(x, t, h, hd, cs, half, neox) */
+static PyObject *py_rope(PyObject *self, PyObject *args) {
+    Py_buffer x, cs;
+    Py_ssize_t t, h, hd, half;
+    int neox;
+    if (!PyArg_ParseTuple(args, "w*nnny*np", &x, &t, &h, &hd, &cs, &half, &neox)) return NULL;
+    if (need(&x, 4 * t * h * hd, "x") || need(&cs, 8 * t * half, "cs") ||
+        (2 * half > hd && (PyErr_SetString(PyExc_ValueError, "2 * half > head_dim"), 1))) {
+        RELEASE(&x, &cs);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    cpu_rope(x.buf, t, h, hd, cs.buf, half, neox);
+    Py_END_ALLOW_THREADS
+    RELEASE(&x, &cs);
     Py_RETURN_NONE;
 }
 
@@ -361,7 +377,8 @@ static PyMethodDef methods[] = {
     {"matvec", py_matvec, METH_VARARGS, "y[t, :n] = W x[t] for quantized W (fused dequantize)"},
     {"dequant_rows", py_dequant_rows, METH_VARARGS, "float32 rows of a quantized matrix"},
     {"rmsnorm", py_rmsnorm, METH_VARARGS, "RMS norm of rows"},
-    {"rope", py_rope, METH_VARARGS, "rotary embedding in place"},
+    {"rope_table", py_rope_table, METH_VARARGS, "cos, sin of every position's rotary angles"},
+    {"rope", py_rope, METH_VARARGS, "rotary embedding in place, by a rope_table"},
     {"swiglu", py_swiglu, METH_VARARGS, "silu(gate) * up"},
     {"kv_write", py_kv_write, METH_VARARGS, "write K and V rows into cache slots"},
     {"attention", py_attention, METH_VARARGS, "causal attention over the paged KV cache"},

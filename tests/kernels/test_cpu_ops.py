@@ -57,23 +57,31 @@ def test_rope(level, rng, style, t, h, hd, half):
     want = x.copy()
     REF.rope(want, positions, inv_freq, style)
     got = x.copy()
-    _cpu.rope(got, t, h, hd, positions, inv_freq, half, style == "neox")
+    _cpu.rope(got, t, h, hd, rope_table(positions, inv_freq), half, style == "neox")
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(x).max())
     np.testing.assert_array_equal(got[..., 2 * half :], x[..., 2 * half :])  # partial rotary: rest untouched
+
+
+def rope_table(positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+    cs = np.empty((positions.size, 2, inv_freq.size), np.float32)  # [t, cos | sin, half]
+    _cpu.rope_table(positions, positions.size, inv_freq, inv_freq.size, cs)
+    return cs
 
 
 def test_rope_rejects_more_pairs_than_dims():
     x = np.zeros((1, 1, 8), np.float32)
     with pytest.raises(ValueError, match="half"):
-        _cpu.rope(x, 1, 1, 8, np.zeros(1, np.int32), np.ones(5, np.float32), 5, True)
+        _cpu.rope(x, 1, 1, 8, np.zeros((1, 2, 5), np.float32), 5, True)
 
 
 def test_rope_rejects_short_buffers():
     x = np.zeros((2, 3, 8), np.float32)
     with pytest.raises(ValueError, match="positions"):
-        _cpu.rope(x, 2, 3, 8, np.zeros(1, np.int32), np.ones(4, np.float32), 4, True)
+        _cpu.rope_table(np.zeros(1, np.int32), 2, np.ones(4, np.float32), 4, np.zeros((2, 2, 4), np.float32))
+    with pytest.raises(ValueError, match="cs holds"):
+        _cpu.rope(x, 2, 3, 8, np.zeros((1, 2, 4), np.float32), 4, True)
     with pytest.raises(ValueError, match="x holds"):
-        _cpu.rope(x, 3, 3, 8, np.zeros(3, np.int32), np.ones(4, np.float32), 4, True)
+        _cpu.rope(x, 3, 3, 8, np.zeros((3, 2, 4), np.float32), 4, True)
 
 
 # ---- attention --------------------------------------------------------------------------------------------
@@ -218,6 +226,18 @@ def test_swiglu(level, rng, t, f):
     out = np.empty((t, f), np.float32)
     _cpu.swiglu(gate_up, t, f, out)
     np.testing.assert_allclose(out, REF.swiglu(gate_up), rtol=1e-5, atol=1e-6)
+
+
+def test_swiglu_extreme_gates(level):
+    """large |g|: e^-|g| underflows to 0 and the sigmoid saturates, never inf or NaN (tails of 16 masked)"""
+    g = np.array([-1e30, -200.0, -88.0, -20.0, -1e-30, 0.0, 1e-30, 20.0, 88.0, 200.0, 1e30] * 3, np.float32)
+    gate_up = np.concatenate([g, np.full(g.size, 2.0, np.float32)])[None, :]
+    out = np.empty((1, g.size), np.float32)
+    _cpu.swiglu(gate_up, 1, g.size, out)
+    assert np.isfinite(out).all()
+    with np.errstate(over="ignore"):  # the reference's e^-g overflows to inf for g < -88: g / inf = -0
+        want = REF.swiglu(gate_up)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=["f16", "f32"])

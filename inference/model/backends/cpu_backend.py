@@ -67,6 +67,7 @@ class CpuBackend:
         self.kv_dtype = np.dtype(np.float16 if kv_cache_dtype == "f16" else np.float32)
         self.q8_types = frozenset(_cpu.matmul_q8_types())
         self._seq_memo: tuple | None = None  # attention metadata of the last batch (every layer reuses it)
+        self._rope_memo: tuple | None = None  # cos / sin of the last batch's positions (likewise)
         log.info(
             "backend: cpu (%s kernels, %d threads, %s KV cache)", _cpu.simd_level(), threads, kv_cache_dtype
         )
@@ -183,8 +184,7 @@ class CpuBackend:
             raise ValueError(f"rope style {style!r} is not one of 'normal', 'neox'")
         t, h, hd = x.shape
         target = x if x.flags.c_contiguous and x.dtype == np.float32 else _c32(x)
-        pos = np.ascontiguousarray(positions, np.int32)
-        _cpu.rope(target, t, h, hd, pos, inv_freq, inv_freq.shape[0], style == "neox")
+        _cpu.rope(target, t, h, hd, self._rope_table(positions, inv_freq), inv_freq.shape[0], style == "neox")
         if target is not x:
             x[...] = target
 
@@ -208,6 +208,17 @@ class CpuBackend:
             starts, lens, contexts, tables, tables.shape[1], sliding_window or 0, out,
         )  # fmt: skip
         return out
+
+    def _rope_table(self, positions: np.ndarray, inv_freq: np.ndarray) -> np.ndarray:
+        # cos | sin [T, 2, half] of the batch's angles: computed once, every layer's q and k reuse it
+        memo = self._rope_memo
+        if memo is not None and memo[0] is positions and memo[1] is inv_freq:
+            return memo[2]
+        pos = np.ascontiguousarray(positions, np.int32)
+        cs = np.empty((pos.size, 2, inv_freq.shape[0]), np.float32)
+        _cpu.rope_table(pos, pos.size, inv_freq, inv_freq.shape[0], cs)
+        self._rope_memo = (positions, inv_freq, cs)
+        return cs
 
     def _seq_arrays(self, seqs: list[AttentionSeq]):
         memo = self._seq_memo
