@@ -157,8 +157,17 @@ class ResponseFormatJSONObject(_Strict, kw_only=True, tag="json_object", tag_fie
     pass
 
 
+class JSONSchemaFormat(_Strict, kw_only=True):
+    """OpenAI's json_schema response format: the output is JSON that validates against `schema`."""
+
+    name: Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    schema: dict[str, Any] | None = None  # None: any JSON value
+    strict: bool | None = None  # the schema is always enforced; strict changes nothing here
+    description: str | None = None
+
+
 class ResponseFormatJSONSchema(_Strict, kw_only=True, tag="json_schema", tag_field="type"):
-    json_schema: Any = None
+    json_schema: JSONSchemaFormat
 
 
 ResponseFormat = ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema

@@ -7,6 +7,7 @@ import msgspec
 
 from inference.errors import ContextLengthError, RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
+from inference.text.grammar import GrammarSpec, check_grammar
 
 from .errors import APIError
 from .protocol import (
@@ -220,7 +221,7 @@ def chat_plan(req: ChatCompletionRequest, model: ServedModel, request_id: str) -
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _max_tokens(requested, len(ids), model, "messages", param)
-    config = _config(req, model, request_id, ids, sampling, max_tokens, response_format=_response_format(req))
+    config = _config(req, model, request_id, ids, sampling, max_tokens, grammar=_response_grammar(req))
     return ChatPlan(request_id, config, top, req.stream, _include_usage(req))
 
 
@@ -321,20 +322,20 @@ def _check_chat_unsupported(req: ChatCompletionRequest) -> None:
     for param, used in unsupported.items():
         if used:
             raise RequestError(f"{param} is not supported by this server", param, "unsupported_parameter")
-    if isinstance(req.response_format, ResponseFormatJSONSchema):
-        raise RequestError(
-            "response_format type 'json_schema' is not supported: this server does not decode against a "
-            "schema; 'text' and 'json_object' are accepted",
-            "response_format",
-            "unsupported_parameter",
-        )
 
 
-def _response_format(req: ChatCompletionRequest) -> str:
-    """ "text" or "json_object". JSON mode needs the word JSON somewhere in the messages, as OpenAI's API
+def _response_grammar(req: ChatCompletionRequest) -> GrammarSpec | None:
+    """The grammar response_format asks for: None for text; json_schema compiled (and refused with the
+    library's reason) here. JSON mode needs the word JSON somewhere in the messages, as OpenAI's API
     requires: a model that is not asked for JSON is only forced into it."""
-    if not isinstance(req.response_format, ResponseFormatJSONObject):
-        return "text"
+    fmt = req.response_format
+    if isinstance(fmt, ResponseFormatJSONSchema):
+        schema = {} if fmt.json_schema.schema is None else fmt.json_schema.schema
+        spec = GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode())
+        check_grammar(spec)
+        return spec
+    if not isinstance(fmt, ResponseFormatJSONObject):
+        return None
     texts = [m.content if isinstance(m.content, str) else _part_texts(m.content) for m in req.messages]
     if not any("json" in t.lower() for t in texts):
         raise RequestError(
@@ -342,7 +343,7 @@ def _response_format(req: ChatCompletionRequest) -> str:
             "'json_object'.",
             "messages",
         )
-    return "json_object"
+    return GrammarSpec(kind="json_object")
 
 
 def _part_texts(content: list | None) -> str:
@@ -442,7 +443,7 @@ def _config(
     sampling: SamplingParams,
     max_tokens: int,
     prompt_logprobs: int | None = None,
-    response_format: str = "text",
+    grammar: GrammarSpec | None = None,
 ) -> AdapterForwardConfig:
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
@@ -457,7 +458,7 @@ def _config(
         stop_token_ids=tuple(req.stop_token_ids or ()),
         ignore_eos=req.ignore_eos,
         prompt_logprobs=prompt_logprobs,
-        response_format=response_format,
+        grammar=grammar,
         cache_salt=req.cache_salt,
     )
     cfg.validate(vocab_size=model.vocab_size, context_length=model.context_length)

@@ -1,11 +1,11 @@
 """AdapterForwardConfig: one request as the engine sees it (crosses the process boundary as msgpack)."""
 
 import math
-from typing import Literal
 
 import msgspec
 
 from .errors import ContextLengthError, RequestError
+from .text.grammar import GrammarSpec
 
 MAX_N = 128  # choices per request
 MAX_LOGPROBS = 20  # alternatives per token, as the OpenAI API
@@ -70,7 +70,7 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     prompt_logprobs: int | None = None  # for completions `echo` + `logprobs`
-    response_format: Literal["text", "json_object"] = "text"  # json_object: the output is one JSON object
+    grammar: GrammarSpec | None = None  # structured output: every token follows this grammar
     cache_salt: str | None = None  # mixed into the first KV block's hash: prefixes are shared per salt only
 
     def validate(self, *, vocab_size: int, context_length: int) -> None:
@@ -90,10 +90,10 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"{len(self.cache_salt)}",
                 "cache_salt",
             )
-        if self.ignore_eos and self.response_format == "json_object":
+        if self.ignore_eos and self.grammar is not None:
             raise RequestError(
-                "ignore_eos cannot be combined with response_format json_object: the output ends with the "
-                "JSON object",
+                f"ignore_eos cannot be combined with {self.grammar.param} {self.grammar.kind}: the output "
+                "ends with the grammar",
                 "ignore_eos",
             )
 

@@ -11,7 +11,7 @@ from ..gguf.model_config import ModelConfig
 from ..gguf.registry import resolve_model
 from ..model.backends import BackendConfig, select_backend
 from ..model.loaded import LoadedModel
-from ..text.json_mode import JsonConstraint, JsonVocabulary
+from ..text.grammar import GrammarVocabulary
 from ..text.output_text import OutputText
 from . import memory
 from .block_manager import BlockManager
@@ -51,7 +51,7 @@ class Engine:
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler()
         self._by_request: dict[str, list[Sequence]] = {}
-        self._json_vocab: JsonVocabulary | None = None  # built by the first JSON-mode request
+        self._grammar_vocab: GrammarVocabulary | None = None  # built by the first constrained request
 
     @classmethod
     def load(
@@ -118,24 +118,17 @@ class Engine:
         params = cfg.sampling
         if index and params.seed is not None:  # siblings differ, yet stay reproducible
             params = msgspec.structs.replace(params, seed=(params.seed * 1_000_003 + index) % (1 << 63))
-        constraint = JsonConstraint(self._json_vocabulary()) if cfg.response_format == "json_object" else None
+        constraint = None if cfg.grammar is None else self._grammar_vocabulary().constraint(cfg.grammar)
         sampling = SequenceSampling(params, cfg.prompt_ids, self.num_tokens, constraint)
         text = OutputText(
             self.tokenizer.detokenizer(at_start=False), cfg.stop, cfg.include_stop_str_in_output
         )
         return Sequence(cfg, index, sampling, text)
 
-    def _json_vocabulary(self) -> JsonVocabulary:
-        if self._json_vocab is None:
-            tok = self.tokenizer
-            if not tok.eog_ids:
-                raise RequestError(
-                    "response_format json_object needs an end-of-generation token to end the object, and "
-                    "this model's vocabulary has none",
-                    "response_format",
-                )
-            self._json_vocab = JsonVocabulary(tok.text_token_bytes(), tok.eog_ids)
-        return self._json_vocab
+    def _grammar_vocabulary(self) -> GrammarVocabulary:
+        if self._grammar_vocab is None:
+            self._grammar_vocab = GrammarVocabulary(self.tokenizer)
+        return self._grammar_vocab
 
     def abort(self, request_id: str) -> None:
         """Drops every sequence of the request and frees its KV blocks now."""
@@ -216,8 +209,9 @@ class Engine:
             not cfg.ignore_eos and token_id in self.tokenizer.eog_ids
         )
         text, stop_str = ("", False) if stop_id else s.text.push(token_id)
+        complete = s.sampling.constraint is not None and s.sampling.constraint.complete  # nothing may follow
         finish = None
-        if stop_id or stop_str:
+        if stop_id or stop_str or complete:
             finish = "stop"
         elif s.num_output >= cfg.max_tokens or s.num_tokens >= self.model_config.context_length:
             finish = "length"

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..events import Logprob, TokenLogprobs
 from ..forward_config import MAX_BIAS, SamplingParams
-from ..text.json_mode import JsonConstraint
+from ..text.grammar import GrammarConstraint
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM); also keeps logits / T finite
 _NUCLEUS_FIRST_K = 64  # top-p looks at the k most likely tokens first, k growing 8x until the mass is reached
@@ -26,11 +26,11 @@ class SequenceSampling:
         params: SamplingParams,
         prompt_ids: Sequence[int],
         vocab_size: int,
-        constraint: JsonConstraint | None = None,
+        constraint: GrammarConstraint | None = None,
     ):
         self.params = params
         self.vocab_size = vocab_size
-        self.constraint = constraint  # JSON mode: which tokens may come next
+        self.constraint = constraint  # structured output: which tokens may come next
         self.rng = np.random.default_rng(None if params.seed is None else params.seed % (1 << 64))
         self.output_counts: dict[int, int] = {}  # output token id -> times generated
         ids = np.fromiter(params.logit_bias.keys(), np.int64, len(params.logit_bias))
@@ -70,8 +70,9 @@ class Sampler:
       1. logit_bias is added (-100 bans the token: -inf);
       2. repetition penalty on tokens of prompt + output (positive logits / p, negative * p);
       3. frequency and presence penalties on output tokens (OpenAI: l - c * f - (c > 0) * p);
-      4. JSON mode: tokens that cannot continue the JSON get -inf; should logit_bias have banned every
-         token that can, the most likely of those by the raw logits is kept (the format outranks bias);
+      4. structured output: tokens the grammar does not allow next get -inf (the masks of all constrained
+         rows filled together); should logit_bias have banned every token it allows, the most likely of
+         those by the raw logits is kept (the format outranks bias);
       5. temperature < 1e-5: argmax of these logits (ties: lowest id), no random number used;
       6. otherwise logits / temperature -> min_p -> top_k -> top_p -> one draw from the row's Generator.
     """
@@ -94,7 +95,7 @@ class Sampler:
 
 def process_logits(logits: np.ndarray, states: Sequence[SequenceSampling]) -> np.ndarray:
     """A float32 copy of `logits` [B, V] with logit_bias, repetition, frequency, presence penalties and the
-    JSON-mode mask applied."""
+    grammar masks applied."""
     x = np.array(logits, dtype=np.float32, copy=True)  # [B, V]
     _apply_logit_bias(x, states)
     _apply_repetition_penalty(x, states)
@@ -137,13 +138,16 @@ def _apply_frequency_presence(x: np.ndarray, states: Sequence[SequenceSampling])
 
 
 def _apply_constraints(x: np.ndarray, logits: np.ndarray, states: Sequence[SequenceSampling]) -> None:
-    for i, s in enumerate(states):
-        if s.constraint is None:
-            continue
-        allowed = s.constraint.allowed()  # [V] bool
-        x[i, ~allowed] = -np.inf
+    rows = [i for i, s in enumerate(states) if s.constraint is not None]
+    if not rows:
+        return
+    vocab = states[rows[0]].constraint.vocab  # one tokenizer per engine
+    allowed = vocab.fill_masks([states[i].constraint for i in rows])  # [R, V] bool
+    assert allowed.shape[1] == x.shape[1], (allowed.shape, x.shape)
+    for i, mask in zip(rows, allowed, strict=True):
+        x[i, ~mask] = -np.inf
         if not np.isfinite(x[i]).any():  # logit_bias banned all that may come: keep the likeliest of those
-            ids = np.flatnonzero(allowed)
+            ids = np.flatnonzero(mask)
             best = ids[np.argmax(logits[i, ids])]
             x[i, best] = logits[i, best]
 

@@ -118,11 +118,13 @@ CASES = [
     ),
     (
         CHAT,
-        chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+        chat(
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "foo"}}}
+        ),
         400,
         "response_format",
-        "unsupported_parameter",
-        "json_schema",
+        None,
+        "json_schema grammar is invalid: Invalid type: foo",
     ),
     (
         CHAT,

@@ -12,6 +12,7 @@ from app.serve import served_model
 from app.settings import Settings
 from app.translate import ServedModel, chat_plan, completion_plan
 from inference.errors import ContextLengthError, RequestError
+from inference.text.grammar import GrammarSpec
 
 
 @functools.cache
@@ -329,10 +330,19 @@ def test_chat_parameters(model):
 )
 def test_chat_json_object_mode(model, messages):
     plan = chat_plan(chat(messages=messages, response_format={"type": "json_object"}), model, "c")
-    assert plan.config.response_format == "json_object"
-    assert chat_plan(chat(messages=messages), model, "c").config.response_format == "text"
+    assert plan.config.grammar == GrammarSpec(kind="json_object", param="response_format")
+    assert chat_plan(chat(messages=messages), model, "c").config.grammar is None
     text = chat(messages=messages, response_format={"type": "text"})
-    assert chat_plan(text, model, "c").config.response_format == "text"
+    assert chat_plan(text, model, "c").config.grammar is None
+
+
+def test_chat_json_schema_becomes_a_grammar(model):
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a_b-1", "schema": schema, "strict": True}}
+    plan = chat_plan(chat(response_format=fmt), model, "c")
+    assert plan.config.grammar.kind == "json_schema" and json.loads(plan.config.grammar.source) == schema
+    no_schema = {"type": "json_schema", "json_schema": {"name": "any"}}  # any JSON value
+    assert chat_plan(chat(response_format=no_schema), model, "c").config.grammar.source == "{}"
 
 
 def test_chat_logprobs_without_top(model):
@@ -359,7 +369,16 @@ def test_chat_logprobs_without_top(model):
             "ignore_eos",
             "cannot be combined",
         ),
-        ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format", "json_schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "foo"}},
+                }
+            },
+            "response_format",
+            "Invalid type: foo",
+        ),
         ({"top_logprobs": 2}, "top_logprobs", "requires logprobs"),
         (
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}]},

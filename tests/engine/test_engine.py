@@ -10,6 +10,7 @@ from inference.engine.engine import Engine, EngineConfig
 from inference.engine.sampler import top_logprobs
 from inference.errors import RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
+from inference.text.grammar import GrammarSpec, GrammarVocabulary
 
 PROMPTS = [
     "The capital of France is",
@@ -195,7 +196,7 @@ def json_request(smol, rid: str, **kw) -> AdapterForwardConfig:
     ]
     ids = smol.tokenizer.encode(smol.chat_template.render(messages), allow_special=True, add_bos=False)
     return AdapterForwardConfig(
-        request_id=rid, prompt_ids=tuple(ids), max_tokens=64, response_format="json_object", **kw
+        request_id=rid, prompt_ids=tuple(ids), max_tokens=64, grammar=GrammarSpec(kind="json_object"), **kw
     )
 
 
@@ -203,9 +204,6 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     """n = 4 sampled choices and a greedy one, first alone, then together in a cache small enough to
     preempt: the same tokens, each output an object prefix, and every "stop" a parsed JSON object."""
     import json
-
-    from inference.text.json_mode import DONE, INITIAL
-    from inference.text.json_mode import run as recognize
 
     sampled = dict(n=4, sampling=SamplingParams(temperature=1.0, seed=11))
     alone = {}
@@ -215,11 +213,14 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     together = run(tight, [json_request(smol, "s", **sampled), json_request(smol, "g", sampling=GREEDY)])
     assert together == alone and tight.stats().preemptions > 0
     parsed = 0
+    vocab, eog = GrammarVocabulary(smol.tokenizer), smol.tokenizer.eog_ids
     for ids in alone.values():
-        done = ids[-1] in smol.tokenizer.eog_ids
-        text = smol.tokenizer.decode(ids[:-1] if done else ids)
-        state = recognize(INITIAL, text.encode())
-        assert state is not None and (state.mode == DONE) == done, text
+        c = vocab.constraint(GrammarSpec(kind="json_object"))
+        for t in ids:
+            c.advance(t)  # raises on a token the grammar refuses
+        done = c.complete  # the object closed: the engine stopped it there, or at the EOG after it
+        assert done or len(ids) == 64, ids
+        text = smol.tokenizer.decode([t for t in ids if t not in eog])
         if done:
             assert isinstance(json.loads(text), dict)
             parsed += 1
@@ -233,11 +234,11 @@ def test_json_mode_needs_an_end_of_generation_token(tmp_path):
     adapter = InferenceAdapter.load(write_tiny_model(tmp_path / "m.gguf"))
     adapter.tokenizer.eog_ids = frozenset()  # a vocabulary without one
     engine = Engine(adapter.loaded, EngineConfig(kv_cache_tokens=256))
-    request = AdapterForwardConfig(request_id="j", prompt_ids=(1, 2), response_format="json_object")
+    request = AdapterForwardConfig(request_id="j", prompt_ids=(1, 2), grammar=GrammarSpec(kind="json_object"))
     with pytest.raises(RequestError, match="needs an end-of-generation token") as info:
         engine.add_request(request)
     assert info.value.param == "response_format" and not engine.has_unfinished()
-    engine.add_request(msgspec.structs.replace(request, response_format="text"))  # text mode still runs
+    engine.add_request(msgspec.structs.replace(request, grammar=None))  # text mode still runs
     assert engine.has_unfinished()
 
 

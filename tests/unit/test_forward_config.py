@@ -7,6 +7,7 @@ import pytest
 
 from inference.errors import ContextLengthError, RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
+from inference.text.grammar import GrammarSpec
 
 VOCAB, CONTEXT = 1000, 64
 
@@ -26,7 +27,7 @@ BAD = [  # (request fields, sampling fields, param, message fragment)
     ({"prompt_ids": (5, 6, -1)}, {}, "prompt", "prompt token id -1 at position 2"),
     ({"max_tokens": 0}, {}, "max_tokens", "max_tokens = 0 must be at least 1"),
     (
-        {"ignore_eos": True, "response_format": "json_object"},
+        {"ignore_eos": True, "grammar": GrammarSpec(kind="json_object")},
         {},
         "ignore_eos",
         "cannot be combined with response_format json_object",

@@ -345,10 +345,26 @@ def test_sampling_distribution_matches_the_probabilities(params, expected):
 TINY_JSON = [b"{", b"}", b"x", b' "', b"{}", None]  # id 5: end of generation
 
 
-def json_state(params: SP) -> SequenceSampling:
-    from inference.text.json_mode import JsonConstraint, JsonVocabulary
+class TinyTokenizer:
+    """What GrammarVocabulary reads of a tokenizer, over TINY_JSON (one token per character)."""
 
-    return SequenceSampling(params, PROMPT, len(TINY_JSON), JsonConstraint(JsonVocabulary(TINY_JSON, [5])))
+    vocab_size, eog_ids, bos_id = len(TINY_JSON), frozenset([5]), None
+
+    def text_token_bytes(self):
+        return list(TINY_JSON)
+
+    def token_bytes(self, token_id):
+        return TINY_JSON[token_id] or b"<eos>"
+
+    def encode(self, text, add_bos=False):
+        return [TINY_JSON.index(c.encode()) for c in text]
+
+
+def json_state(params: SP) -> SequenceSampling:
+    from inference.text.grammar import GrammarSpec, GrammarVocabulary
+
+    constraint = GrammarVocabulary(TinyTokenizer()).constraint(GrammarSpec(kind="json_object"))
+    return SequenceSampling(params, PROMPT, len(TINY_JSON), constraint)
 
 
 @pytest.mark.parametrize("params", [SP(temperature=0.0), SP(temperature=1.5, seed=3)])
@@ -360,6 +376,17 @@ def test_json_mode_samples_only_what_continues_the_object(params):
     s.record(first)
     rest = {0: {1, 3}, 4: {5}}[first]  # after "{": "}" or ' "'; after "{}": only EOG
     assert SAMPLER.sample(logits, [s])[0].token_id in rest
+
+
+def test_json_mode_rows_and_free_rows_sample_together():
+    """A batch mixing constrained and unconstrained rows: only the constrained ones are masked."""
+    logits = np.array([[0, 0, 9, 0, 0, 1]] * 3, np.float32)  # "x" is the favourite
+    states = [
+        json_state(SP(temperature=0.0)),
+        SequenceSampling(SP(temperature=0.0), PROMPT, 6),
+        json_state(SP(temperature=0.0)),
+    ]
+    assert [t.token_id for t in SAMPLER.sample(logits, states)] == [0, 2, 0]
 
 
 def test_json_mode_outranks_a_logit_bias_that_bans_every_allowed_token():
