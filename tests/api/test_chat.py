@@ -2,9 +2,14 @@
 
 import json
 
+import jsonschema
+import openai
+import pydantic
 import pytest
 
-from inference.text.json_mode import INITIAL, run
+from inference.gguf.loader import read_metadata
+from inference.text.grammar import GrammarSpec, GrammarVocabulary
+from inference.text.tokenizer import Tokenizer
 
 from .conftest import MODEL, sse_data
 
@@ -200,7 +205,7 @@ JSON_MESSAGES = [
 ]
 
 
-def test_json_object_mode_through_the_client(client):
+def test_json_object_mode_through_the_client(client, smollm2_path):
     """response_format json_object: each of n sampled choices that stops is one JSON object; greedy
     streamed text equals the non-streamed text."""
     r = client.chat.completions.create(
@@ -219,7 +224,103 @@ def test_json_object_mode_through_the_client(client):
     stream = client.chat.completions.create(**greedy, response_format={"type": "json_object"}, stream=True)
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert streamed == whole.choices[0].message.content
-    assert run(INITIAL, streamed.encode()) is not None  # cut by max_tokens, yet a JSON object so far
+    assert json_prefix(streamed, smollm2_path)  # cut by max_tokens, yet a JSON object so far
+
+
+def json_prefix(text: str, model_path) -> bool:
+    """text could still become a JSON object: the json_object grammar takes every one of its tokens."""
+    tok = Tokenizer.from_metadata(read_metadata(model_path))
+    c = GrammarVocabulary(tok).constraint(GrammarSpec(kind="json_object"))
+    for t in tok.encode(text, add_bos=False):
+        if not c.allowed()[t]:
+            return False
+        c.advance(t)
+    return True
+
+
+class Capital(pydantic.BaseModel):
+    city: str = pydantic.Field(max_length=24)
+    country: str = pydantic.Field(max_length=24)
+    population: int = pydantic.Field(ge=0, le=100_000_000)  # unbounded, SmolLM2 repeats a digit forever
+
+
+def test_parse_with_a_pydantic_model(client):
+    """client.chat.completions.parse: the schema goes out as json_schema (strict), the answer comes
+    back as a Capital."""
+    r = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "What is the capital of France? Answer in JSON."}],
+        response_format=Capital,
+        max_tokens=120,
+        temperature=0,
+    )
+    (choice,) = r.choices
+    assert choice.finish_reason == "stop", choice.message.content
+    assert isinstance(choice.message.parsed, Capital)
+    assert Capital.model_validate_json(choice.message.content) == choice.message.parsed
+
+
+STRICT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "pattern": "^[A-Z][a-z]{1,15}$"},
+        "population": {"type": "integer", "minimum": 1000, "maximum": 40000000},
+        "kind": {"type": "string", "enum": ["capital", "city", "town"]},
+        "districts": {
+            "type": "array",
+            "items": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": 20},
+                "minItems": 1,
+                "maxItems": 3,
+            },
+            "maxItems": 3,
+        },
+        "tags": {"type": "array", "items": {"enum": ["old", "big", "coastal"]}, "maxItems": 3},
+    },
+    "required": ["city", "population", "kind", "districts", "tags"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_strict_schema_outputs_always_validate(client, seed):
+    """temperature 1.0, n = 4: every choice that finishes with "stop" validates against a schema with
+    nested arrays, enums, a string pattern and integer bounds (jsonschema is the judge)."""
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe Paris as JSON."}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "city", "schema": STRICT_SCHEMA, "strict": True},
+        },
+        max_tokens=160,
+        n=4,
+        temperature=1.0,
+        seed=seed,
+    )
+    stopped = [c.message.content for c in r.choices if c.finish_reason == "stop"]
+    assert len(stopped) >= 2, [c.message.content for c in r.choices]
+    for text in stopped:
+        jsonschema.validate(json.loads(text), STRICT_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("schema", "reason"),
+    [
+        ({"type": "foo"}, "Invalid type: foo"),
+        ({"type": "integer", "minimum": 5, "maximum": 2}, "minimum (5) is greater than maximum (2)"),
+        ({"type": "string", "pattern": "("}, "unclosed group"),
+        ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "does not exist"),
+    ],
+)
+def test_a_schema_the_library_rejects_is_a_400(client, schema, reason):
+    fmt = {"type": "json_schema", "json_schema": {"name": "bad", "schema": schema}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, response_format=fmt)
+    body = err.value.body
+    assert err.value.status_code == 400 and body["param"] == "response_format", body
+    assert reason in body["message"], body
 
 
 def test_usage_reports_cached_prompt_tokens(client):
