@@ -95,10 +95,9 @@ def served_model(settings: Settings, path: Path) -> ServedModel:
         tokenizer=tokenizer,
         template=template,
         context_length=config.context_length,
-        vocab_size=tokenizer.vocab_size,  # not config.vocab_size: padded embedding rows have no token
         created=int(time.time()),
         max_num_seqs=settings.max_num_seqs,
-        kv_cache_tokens=settings.kv_cache_tokens,
+        kv_cache_tokens=settings.kv_cache_tokens // settings.block_size * settings.block_size,  # whole blocks
     )
 
 
