@@ -220,7 +220,7 @@ class EngineClient:
         self.log_level = log_level
         self.state = WorkerState.STOPPED
         self.backend_used = ""  # reported by the worker once loaded
-        self.stats: worker_mod.WorkerStats | None = None
+        self.stats: worker_mod.EngineStats | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: _WorkerHandle | None = None
@@ -435,16 +435,7 @@ class EngineClient:
         handle.send(None)
         self.state = WorkerState.DOWN
         self.metrics.worker_up = 0
-        self.metrics.set_engine_stats(  # a new worker starts its counters from 0
-            worker_mod.WorkerStats(
-                running=0,
-                waiting=0,
-                kv_blocks_used=0,
-                kv_blocks_total=self.metrics.kv_blocks_total,
-                preemptions=0,
-                cached_prompt_tokens=0,
-            )
-        )
+        self.metrics.reset_engine_stats()  # a new worker starts its counters from 0
         self._fail_all(
             GenerationFailed(503, "the engine worker process died; the request was aborted", "worker_died")
         )

@@ -19,6 +19,7 @@ from .model_runner import ModelRunner
 from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
+from .stats import EngineStats
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -27,15 +28,6 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     block_size: int = 16  # token slots per KV block
     kv_cache_tokens: int = 32768  # total KV slots; blocks = kv_cache_tokens // block_size
     prefix_caching: bool = True  # full blocks of finished sequences keep their KV for later prompts
-
-
-class EngineStats(msgspec.Struct, kw_only=True):
-    running: int
-    waiting: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    preemptions: int
-    cached_prompt_tokens: int  # tokens whose KV the prefix cache supplied at admission, since start
 
 
 class Engine:

@@ -16,6 +16,7 @@ from ..errors import ContextLengthError, RequestError
 from ..events import TokenEvent
 from ..forward_config import AdapterForwardConfig
 from ..model.backends import BackendConfig
+from .stats import EngineStats  # engine.stats() crosses as it is (stats.py imports no engine code)
 
 log = logging.getLogger("gguf_serve.worker")
 
@@ -43,21 +44,10 @@ ToWorker = AddRequest | AbortRequest | StopWorker
 # -- worker -> API process -------------------------------------------------------------------------
 
 
-class WorkerStats(msgspec.Struct):
-    """engine.stats() as it crosses the pipe (the API process never imports the engine)."""
-
-    running: int  # sequences
-    waiting: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    preemptions: int
-    cached_prompt_tokens: int
-
-
 class WorkerReady(msgspec.Struct, tag="ready"):
     backend: str  # the backend actually used ("auto" resolved)
     load_seconds: float
-    stats: WorkerStats
+    stats: EngineStats
 
 
 class Rejection(msgspec.Struct):
@@ -69,7 +59,7 @@ class Rejection(msgspec.Struct):
 
 class WorkerStep(msgspec.Struct, tag="step"):
     events: list[TokenEvent]
-    stats: WorkerStats
+    stats: EngineStats
     queue_times: list[float]  # seconds from arrival to first schedule, for requests first scheduled now
     rejected: list[Rejection]
 
@@ -150,7 +140,7 @@ class Worker:
         for e in events:
             if e.finish_reason is not None:
                 self._arrived.pop(e.request_id, None)
-        msg = WorkerStep(events, _stats(self.engine), self._queue_times(step_started), self._rejected)
+        msg = WorkerStep(events, self.engine.stats(), self._queue_times(step_started), self._rejected)
         self._rejected = []
         self.outbox.send_bytes(self._encoder.encode(msg))
 
@@ -163,10 +153,6 @@ class Worker:
         for request_id in [r for r in self._arrived if r in running]:
             out.append(max(step_started - self._arrived.pop(request_id), 0.0))
         return out
-
-
-def _stats(engine) -> WorkerStats:
-    return WorkerStats(**msgspec.structs.asdict(engine.stats()))  # the same fields, by name
 
 
 def run(
@@ -190,7 +176,7 @@ def run(
         started = time.monotonic()
         engine = Engine.load(model_path, backend=backend, config=EngineConfig(**engine_config))
         used = engine.backend_name
-        outbox.send_bytes(encoder.encode(WorkerReady(used, time.monotonic() - started, _stats(engine))))
+        outbox.send_bytes(encoder.encode(WorkerReady(used, time.monotonic() - started, engine.stats())))
         log.info("engine ready (%s backend) in %.1f s", used, time.monotonic() - started)
         Worker(engine, inbox, outbox).serve_forever()
     except (EOFError, BrokenPipeError, ConnectionResetError):
