@@ -150,3 +150,22 @@ def test_generate_sends_the_prompt_ids_the_server_would(smollm2_path, chat, prom
         server = completion_plan(msgspec.convert(body, CompletionRequest), served, "cmpl-1").configs[0]
     assert cli.prompt_ids == server.prompt_ids
     assert (cli.max_tokens, cli.sampling.temperature) == (4, 0.0)
+
+
+def test_generate_chat_has_one_bos_where_the_template_writes_it(tmp_path):
+    """A model that asks for BOS (add_bos_token) and whose template writes {{ bos_token }} too: the chat
+    prompt starts with exactly one BOS, as the server's does (the old CLI added a second)."""
+    from app.cli import generate_config
+    from app.serve import served_model
+    from app.settings import Settings
+    from tests.unit.gguf_fixtures import CHATML, tiny_vocab, write_tiny_model
+
+    bos = tiny_vocab()[0].index("<|endoftext|>")
+    metadata = {"tokenizer.ggml.bos_token_id": bos, "tokenizer.ggml.add_bos_token": True}
+    metadata["tokenizer.chat_template"] = "{{ bos_token }}" + CHATML
+    path = write_tiny_model(tmp_path / "bos.gguf", metadata=metadata)
+    served = served_model(Settings(model=str(path)), path)
+    argv = ["generate", "--model", str(path), "--prompt", "hi", "--chat"]
+    ids = generate_config(build_parser().parse_args(argv), served).prompt_ids
+    assert served.tokenizer.encode("hi")[0] == bos  # the tokenizer does add BOS to plain text
+    assert ids[0] == bos and ids.count(bos) == 1, ids
