@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from inference.engine import worker as worker_mod
+from inference.engine.config import EngineConfig
 from inference.events import TokenEvent
 from inference.forward_config import AdapterForwardConfig
 from inference.model.backends import BackendConfig
@@ -201,7 +202,7 @@ class EngineClient:
         model_path: Path,
         *,
         backend: BackendConfig,
-        engine_config: dict[str, int],
+        engine_config: EngineConfig,
         max_waiting: int,
         request_timeout_s: float,
         metrics: Metrics,
@@ -212,7 +213,7 @@ class EngineClient:
         self.model_path = model_path
         self.backend = backend
         self.engine_config = engine_config
-        self.capacity = engine_config["max_num_seqs"] + max_waiting  # sequences admitted at once
+        self.capacity = engine_config.max_num_seqs + max_waiting  # sequences admitted at once
         self.request_timeout_s = request_timeout_s
         self.stream_buffer_events = stream_buffer_events
         self.stall_timeout_s = stall_timeout_s

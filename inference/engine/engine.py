@@ -15,19 +15,14 @@ from ..text.json_mode import JsonConstraint, JsonVocabulary
 from ..text.output_text import OutputText
 from . import memory
 from .block_manager import BlockManager
+from .config import EngineConfig
 from .model_runner import ModelRunner
 from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
 from .stats import EngineStats
 
-
-class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
-    max_num_seqs: int = 16  # sequences decoded together
-    max_num_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
-    block_size: int = 16  # token slots per KV block
-    kv_cache_tokens: int = 32768  # total KV slots; blocks = kv_cache_tokens // block_size
-    prefix_caching: bool = True  # full blocks of finished sequences keep their KV for later prompts
+__all__ = ["Engine", "EngineConfig"]
 
 
 class Engine:

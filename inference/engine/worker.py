@@ -16,6 +16,7 @@ from ..errors import ContextLengthError, RequestError
 from ..events import TokenEvent
 from ..forward_config import AdapterForwardConfig
 from ..model.backends import BackendConfig
+from .config import EngineConfig  # a Struct the API process builds and sends as it is
 from .stats import EngineStats  # engine.stats() crosses as it is (stats.py imports no engine code)
 
 log = logging.getLogger("gguf_serve.worker")
@@ -160,21 +161,19 @@ def run(
     outbox: Connection,
     model_path: str,
     backend: BackendConfig,
-    engine_config: dict[str, int],
+    engine_config: EngineConfig,
     log_level: str = "info",
 ) -> None:
     """Process entry point: load the engine, report ready, serve until told to stop or the API goes away.
-
-    engine_config: EngineConfig's fields (the engine is imported here only, never by the API process).
-    """
+    The engine is imported here only, never by the API process (EngineConfig lives apart from it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the API process decides
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s [worker] %(message)s")
     encoder = msgspec.msgpack.Encoder()
     try:
-        from .engine import Engine, EngineConfig
+        from .engine import Engine
 
         started = time.monotonic()
-        engine = Engine.load(model_path, backend=backend, config=EngineConfig(**engine_config))
+        engine = Engine.load(model_path, backend=backend, config=engine_config)
         used = engine.backend_name
         outbox.send_bytes(encoder.encode(WorkerReady(used, time.monotonic() - started, engine.stats())))
         log.info("engine ready (%s backend) in %.1f s", used, time.monotonic() - started)

@@ -14,6 +14,7 @@ import pytest
 from app.engine_client import EngineClient, GenerationFailed, WorkerState
 from app.metrics import Metrics
 from inference.engine import worker as worker_mod
+from inference.engine.config import EngineConfig
 from inference.events import TokenEvent
 from inference.forward_config import AdapterForwardConfig
 from inference.model.backends import BackendConfig
@@ -134,7 +135,7 @@ async def test_a_request_buffers_at_most_stream_buffer_events_per_choice():
     client = EngineClient(
         Path("unused.gguf"),
         backend=BackendConfig(name="numpy"),
-        engine_config={"max_num_seqs": 4},
+        engine_config=EngineConfig(max_num_seqs=4),
         max_waiting=0,
         request_timeout_s=60,
         metrics=metrics,
