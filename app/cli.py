@@ -4,9 +4,15 @@ import argparse
 import logging
 import sys
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 from inference.errors import GGUFServeError
 from inference.gguf.registry import DEFAULT_MODEL, MODELS, ProgressLog, resolve_model
+
+if TYPE_CHECKING:
+    from inference.forward_config import AdapterForwardConfig
+
+    from .translate import ServedModel
 
 NO_CHAT_HINT = (
     "gguf-serve: the model generated no text. It has a chat template, so it is probably an instruct "
@@ -32,35 +38,46 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def generate_config(args: argparse.Namespace, model: "ServedModel") -> "AdapterForwardConfig":
+    """The request `generate` runs, built as the server builds one (app.translate: the chat template,
+    BOS as the model says, special-token texts in the prompt kept as text, the one validation): a chat
+    completion with --chat, else a completion. `model`: the ServedModel of app.serve.served_model."""
+    import msgspec
+
+    from .errors import request_error_from_msgspec
+    from .protocol import ChatCompletionRequest, CompletionRequest
+    from .translate import chat_plan, completion_plan
+
+    fields = {"model": model.name, "temperature": args.temperature, "top_p": args.top_p}
+    fields |= {"top_k": args.top_k, "seed": args.seed, "stop": args.stop or None}
+    try:
+        if args.chat:
+            messages = [{"role": "user", "content": args.prompt}]
+            body = {"messages": messages, "max_completion_tokens": args.max_tokens}
+            return chat_plan(msgspec.convert(fields | body, ChatCompletionRequest), model, "cli").config
+        body = {"prompt": args.prompt, "max_tokens": args.max_tokens}
+        return completion_plan(msgspec.convert(fields | body, CompletionRequest), model, "cli").configs[0]
+    except msgspec.ValidationError as exc:
+        raise request_error_from_msgspec(exc) from None
+
+
 def _generate(args: argparse.Namespace) -> int:
     from inference.adapter import InferenceAdapter
-    from inference.forward_config import AdapterForwardConfig, SamplingParams
 
-    adapter = InferenceAdapter.load(args.model, backend=args.backend)
-    if args.chat:
-        text = adapter.chat_template.render(
-            [{"role": "user", "content": args.prompt}], add_generation_prompt=True
-        )
-        ids = adapter.tokenizer.encode(text, allow_special=True)
-    else:
-        ids = adapter.tokenizer.encode(args.prompt)
-    sampling = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed
-    )
-    cfg = AdapterForwardConfig(
-        request_id="cli",
-        prompt_ids=tuple(ids),
-        sampling=sampling,
-        max_tokens=args.max_tokens,
-        stop=tuple(args.stop),
-    )
+    from .serve import served_model
+    from .settings import Settings
+
+    path = resolve_model(args.model)
+    model = served_model(Settings(model=str(path)), path)  # the tokenizer and template, as `serve` reads them
+    cfg = generate_config(args, model)  # before the weights load: a bad request fails at once
+    adapter = InferenceAdapter.load(path, backend=args.backend)
     finish, text = None, ""
     for event in adapter.generate(cfg):
         print(event.text, end="", flush=True)
         text += event.text
         finish = event.finish_reason or finish
     print(f"\n[finish_reason={finish}]", file=sys.stderr)
-    if not text.strip() and not args.chat and not getattr(adapter.chat_template, "is_fallback", True):
+    if not text.strip() and not args.chat and not getattr(model.template, "is_fallback", True):
         print(NO_CHAT_HINT, file=sys.stderr)
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from inference.engine import worker as worker_mod
+from inference.engine.config import EngineConfig
 from inference.events import TokenEvent
 from inference.forward_config import AdapterForwardConfig
 from inference.model.backends import BackendConfig
@@ -201,7 +202,7 @@ class EngineClient:
         model_path: Path,
         *,
         backend: BackendConfig,
-        engine_config: dict[str, int],
+        engine_config: EngineConfig,
         max_waiting: int,
         request_timeout_s: float,
         metrics: Metrics,
@@ -212,7 +213,7 @@ class EngineClient:
         self.model_path = model_path
         self.backend = backend
         self.engine_config = engine_config
-        self.capacity = engine_config["max_num_seqs"] + max_waiting  # sequences admitted at once
+        self.capacity = engine_config.max_num_seqs + max_waiting  # sequences admitted at once
         self.request_timeout_s = request_timeout_s
         self.stream_buffer_events = stream_buffer_events
         self.stall_timeout_s = stall_timeout_s
@@ -220,7 +221,7 @@ class EngineClient:
         self.log_level = log_level
         self.state = WorkerState.STOPPED
         self.backend_used = ""  # reported by the worker once loaded
-        self.stats: worker_mod.WorkerStats | None = None
+        self.stats: worker_mod.EngineStats | None = None
         self._ctx = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: _WorkerHandle | None = None
@@ -435,16 +436,7 @@ class EngineClient:
         handle.send(None)
         self.state = WorkerState.DOWN
         self.metrics.worker_up = 0
-        self.metrics.set_engine_stats(  # a new worker starts its counters from 0
-            worker_mod.WorkerStats(
-                running=0,
-                waiting=0,
-                kv_blocks_used=0,
-                kv_blocks_total=self.metrics.kv_blocks_total,
-                preemptions=0,
-                cached_prompt_tokens=0,
-            )
-        )
+        self.metrics.reset_engine_stats()  # a new worker starts its counters from 0
         self._fail_all(
             GenerationFailed(503, "the engine worker process died; the request was aborted", "worker_died")
         )

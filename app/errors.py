@@ -113,6 +113,8 @@ def _invalid_utf8(body: bytes) -> RequestError:
 
 def request_error_from_msgspec(exc: msgspec.MsgspecError) -> RequestError:
     """'Expected `int`, got `str` - at `$.n`' -> RequestError(..., param='n')."""
+    if isinstance(exc.__cause__, RequestError):  # raised by a Struct's __post_init__: its param and code
+        return exc.__cause__
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):  # (a ValidationError is also a DecodeError)
         return RequestError(f"the request body is not valid JSON: {text}", None, "invalid_json")

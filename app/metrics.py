@@ -4,11 +4,41 @@ import bisect
 import math
 from collections import defaultdict
 
+from inference.engine.stats import EngineStats
+
 PREFIX = "gguf_serve_"
 CONTENT_TYPE = "text/plain; version=0.0.4"  # Litestar appends "; charset=utf-8"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
+
+# EngineStats field -> (type, name, help) of its family: the worker's report is rendered from this table
+# (tests/unit/test_metrics.py checks that every field has a row)
+ENGINE_FAMILIES = {
+    "running": (
+        "gauge",
+        "requests_running",
+        "Sequences the engine is decoding (a request with n choices counts n).",
+    ),
+    "waiting": (
+        "gauge",
+        "requests_waiting",
+        "Sequences admitted and waiting for the engine to schedule them.",
+    ),
+    "kv_blocks_used": ("gauge", "kv_cache_blocks_used", "KV-cache blocks in use."),
+    "kv_blocks_total": ("gauge", "kv_cache_blocks_total", "KV-cache blocks in all."),
+    "preemptions": (
+        "counter",
+        "preemptions_total",
+        "Sequences preempted (KV blocks freed, recomputed later).",
+    ),
+    "cached_prompt_tokens": (
+        "counter",
+        "prefix_cache_hit_tokens_total",
+        "Tokens whose KV came from the prefix cache instead of being computed (prompts, and what a "
+        "preempted sequence had generated).",
+    ),
+}
 
 
 class Histogram:
@@ -58,21 +88,16 @@ class Metrics:
         self.worker_restarts = 0
         self.worker_stalls = 0
         self.aborted: defaultdict[str, int] = defaultdict(int)  # reason -> requests aborted for the client
-        # gauges, from the worker's latest report
         self.worker_up = 0
-        self.running = 0
-        self.waiting = 0
-        self.kv_blocks_used = 0
-        self.kv_blocks_total = 0
-        self.preemptions = 0
-        self.cached_prompt_tokens = 0
+        self.engine = EngineStats()  # the worker's latest report, as it came
         self.in_flight = 0  # requests admitted by the API process and not finished
 
-    def set_engine_stats(self, stats) -> None:
-        self.running, self.waiting = stats.running, stats.waiting
-        self.kv_blocks_used, self.kv_blocks_total = stats.kv_blocks_used, stats.kv_blocks_total
-        self.preemptions = stats.preemptions
-        self.cached_prompt_tokens = stats.cached_prompt_tokens
+    def set_engine_stats(self, stats: EngineStats) -> None:
+        self.engine = stats
+
+    def reset_engine_stats(self) -> None:
+        """The worker died: its replacement starts from an idle engine (the cache's size stays known)."""
+        self.engine = EngineStats(kv_blocks_total=self.engine.kv_blocks_total)
 
     def render(self) -> str:
         out: list[str] = []
@@ -87,8 +112,12 @@ class Metrics:
 
     def _scalars(self) -> list[tuple[str, str, str, float]]:
         """(type, name, help, value) of each gauge and counter, in the order /metrics lists them."""
-        usage = self.kv_blocks_used / self.kv_blocks_total if self.kv_blocks_total else 0.0
-        return [
+        e = self.engine
+        usage = e.kv_blocks_used / e.kv_blocks_total if e.kv_blocks_total else 0.0
+        engine = [
+            (kind, name, text, getattr(e, field)) for field, (kind, name, text) in ENGINE_FAMILIES.items()
+        ]
+        return engine + [
             ("gauge", "worker_up", "1 when the engine worker is loaded and serving.", self.worker_up),
             (
                 "counter",
@@ -102,36 +131,9 @@ class Metrics:
                 "Workers killed for sending no heartbeat for worker_stall_timeout_s.",
                 self.worker_stalls,
             ),
-            (
-                "gauge",
-                "requests_running",
-                "Sequences the engine is decoding (a request with n choices counts n).",
-                self.running,
-            ),
-            (
-                "gauge",
-                "requests_waiting",
-                "Sequences admitted and waiting for the engine to schedule them.",
-                self.waiting,
-            ),
             ("gauge", "requests_in_flight", "HTTP requests admitted and not yet finished.", self.in_flight),
             ("gauge", "kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", usage),
-            ("gauge", "kv_cache_blocks_used", "KV-cache blocks in use.", self.kv_blocks_used),
-            ("gauge", "kv_cache_blocks_total", "KV-cache blocks in all.", self.kv_blocks_total),
-            (
-                "counter",
-                "preemptions_total",
-                "Sequences preempted (KV blocks freed, recomputed later).",
-                self.preemptions,
-            ),
             ("counter", "prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens),
-            (
-                "counter",
-                "prefix_cache_hit_tokens_total",
-                "Tokens whose KV came from the prefix cache instead of being computed (prompts, and what a "
-                "preempted sequence had generated).",
-                self.cached_prompt_tokens,
-            ),
             ("counter", "generation_tokens_total", "Tokens generated.", self.generation_tokens),
         ]
 

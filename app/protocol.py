@@ -5,28 +5,23 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from inference import limits
 from inference.errors import RequestError
 
-# Limits we choose (documented in the README's API section):
-MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs`: OpenAI's limit (vLLM allows 20)
-MAX_TOP_LOGPROBS = 20  # chat `top_logprobs`: OpenAI's limit
-MAX_STOP_SEQUENCES = 16  # OpenAI allows 4; vLLM has no limit
-MAX_STOP_CHARS = 256  # characters of one stop string (the output holds back that much text)
-MAX_STOP_TOKEN_IDS = 64  # vLLM's extra `stop_token_ids`
-MAX_N = 128
-MAX_CACHE_SALT_CHARS = 256
-
-Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
-TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
-Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+# the request limits come from inference/limits.py (AdapterForwardConfig.validate checks the same numbers)
+Temperature = Annotated[float, Meta(ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])]
+TopP = Annotated[float, Meta(gt=limits.TOP_P[0], le=limits.TOP_P[1])]
+Penalty = Annotated[float, Meta(ge=limits.PENALTY[0], le=limits.PENALTY[1])]
 MaxTokens = Annotated[int, Meta(ge=1)]
-N = Annotated[int, Meta(ge=1, le=MAX_N)]
+N = Annotated[int, Meta(ge=1, le=limits.MAX_N)]
 TopK = Annotated[int, Meta(ge=-1)]  # -1 or 0: disabled (vLLM uses -1)
-MinP = Annotated[float, Meta(ge=0.0, le=1.0)]
-RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
-StopString = Annotated[str, Meta(max_length=MAX_STOP_CHARS)]
-Stop = StopString | Annotated[list[StopString], Meta(max_length=MAX_STOP_SEQUENCES)]
+MinP = Annotated[float, Meta(ge=limits.MIN_P[0], le=limits.MIN_P[1])]
+RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=limits.MAX_REPETITION_PENALTY)]
+StopString = Annotated[str, Meta(max_length=limits.MAX_STOP_CHARS)]
+Stop = StopString | Annotated[list[StopString], Meta(max_length=limits.MAX_STOP_STRINGS)]
 TokenId = Annotated[int, Meta(ge=0)]
+LogitBias = Annotated[dict[str, float], Meta(max_length=limits.MAX_LOGIT_BIAS_TOKENS)]  # id -> bias
+CacheSalt = Annotated[str, Meta(min_length=1, max_length=limits.MAX_CACHE_SALT_CHARS)]
 MetadataMap = Annotated[  # OpenAI's bounds on `metadata`: 16 pairs, keys <= 64, values <= 512 characters
     dict[Annotated[str, Meta(max_length=64)], Annotated[str, Meta(max_length=512)]], Meta(max_length=16)
 ]
@@ -63,7 +58,7 @@ class _Sampling(_Strict, kw_only=True):
     top_p: TopP | None = None  # None = 1.0
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None  # token id (as a string) -> bias in [-100, 100]
+    logit_bias: LogitBias | None = None  # token id (as a string) -> bias in [-100, 100]
     seed: int | None = None
     user: str | None = None  # an end-user id: accepted, only logged
     # vLLM extras
@@ -71,9 +66,9 @@ class _Sampling(_Strict, kw_only=True):
     min_p: MinP | None = None
     repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
-    stop_token_ids: Annotated[list[TokenId], Meta(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    stop_token_ids: Annotated[list[TokenId], Meta(max_length=limits.MAX_STOP_TOKEN_IDS)] | None = None
     # only requests with the same salt share prefix-cache blocks (none: shared with every unsalted request)
-    cache_salt: Annotated[str, Meta(min_length=1, max_length=MAX_CACHE_SALT_CHARS)] | None = None
+    cache_salt: CacheSalt | None = None
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -84,7 +79,7 @@ class CompletionRequest(_Sampling, kw_only=True):
     # A string, strings, token ids, or lists of token ids; element types are checked in translate.
     prompt: str | list[str | int | list[int]]
     max_tokens: MaxTokens | None = 16  # None = up to the context length
-    logprobs: Annotated[int, Meta(ge=0, le=MAX_COMPLETION_LOGPROBS)] | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=limits.MAX_COMPLETION_LOGPROBS)] | None = None
     echo: bool | None = False
     # Known but not supported: a request that sets them gets 400 naming them.
     suffix: str | None = None
@@ -182,7 +177,7 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     max_tokens: MaxTokens | None = None  # deprecated by OpenAI in favour of max_completion_tokens
     max_completion_tokens: MaxTokens | None = None  # None (both) = up to the context length
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=limits.MAX_LOGPROBS)] | None = None
     response_format: ResponseFormat | None = None
     # Accepted, and without effect on generation (the README's field table says what happens to each).
     store: bool | None = None  # nothing is stored

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
+from inference.engine.config import EngineConfig
 from inference.errors import GGUFServeError
 from inference.gguf.registry import MODELS, ProgressLog, fetch_model, local_model
 from inference.model.backends import BackendConfig
@@ -95,10 +96,9 @@ def served_model(settings: Settings, path: Path) -> ServedModel:
         tokenizer=tokenizer,
         template=template,
         context_length=config.context_length,
-        vocab_size=tokenizer.vocab_size,  # not config.vocab_size: padded embedding rows have no token
         created=int(time.time()),
         max_num_seqs=settings.max_num_seqs,
-        kv_cache_tokens=settings.kv_cache_tokens,
+        kv_cache_tokens=settings.kv_cache_tokens // settings.block_size * settings.block_size,  # whole blocks
     )
 
 
@@ -131,18 +131,22 @@ def loader(settings: Settings, metrics: Metrics) -> Loader:
             log_level=settings.log_level,
             stream_buffer_events=settings.stream_buffer_events,
             stall_timeout_s=settings.worker_stall_timeout_s,
-            engine_config={
-                "max_num_seqs": settings.max_num_seqs,
-                "max_num_batched_tokens": settings.max_num_batched_tokens,
-                "block_size": settings.block_size,
-                "kv_cache_tokens": settings.kv_cache_tokens,
-                "prefix_caching": settings.prefix_caching,
-            },
+            engine_config=engine_config(settings),
         )
         startup.set("loading", f"starting the worker process for {path.name}")
         return model, engine
 
     return load
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        block_size=settings.block_size,
+        kv_cache_tokens=settings.kv_cache_tokens,
+        prefix_caching=settings.prefix_caching,
+    )
 
 
 def build(settings: Settings) -> DrainingServer:

@@ -27,8 +27,6 @@ from .protocol import (
     ToolMessage,
 )
 
-LOGIT_BIAS_LIMIT = 100.0
-
 
 @dataclass(frozen=True)
 class ServedModel:
@@ -39,10 +37,14 @@ class ServedModel:
     tokenizer: Any  # inference.text.tokenizer.Tokenizer
     template: Any  # inference.text.chat_template.ChatTemplate
     context_length: int
-    vocab_size: int  # ids with a token, [0, vocab_size); the model's padded rows beyond are refused
     created: int  # unix time the server started, for /v1/models
     max_num_seqs: int  # n (times prompts) may not exceed what the engine decodes together
-    kv_cache_tokens: int  # prompt + max_tokens of one sequence must fit in the KV cache
+    kv_cache_tokens: int  # prompt + max_tokens of one sequence must fit in the KV cache's whole blocks
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids with a token, [0, vocab_size): a model's padded embedding rows beyond them are refused."""
+        return self.tokenizer.vocab_size
 
     def check_name(self, requested: str | None) -> None:
         if requested is not None and requested != self.name and requested not in self.aliases:
@@ -101,6 +103,7 @@ def completion_plan(req: CompletionRequest, model: ServedModel, request_id: str)
                 sampling,
                 max_tokens,
                 prompt_logprobs=req.logprobs if req.echo else None,
+                prompt_param=_prompt_param(req.prompt, i),
             )
         )
     echo = (
@@ -186,12 +189,12 @@ def _encode_prompt(text: str, model: ServedModel) -> list[int]:
 def _check_ids(ids: list[int], model: ServedModel, param: str) -> list[int]:
     if not ids:
         raise RequestError(f"{param} must not be empty", param)
-    bad = [t for t in ids if not 0 <= t < model.vocab_size]
-    if bad:
-        raise RequestError(
-            f"token id {bad[0]} in {param} is outside the vocabulary [0, {model.vocab_size})", param
-        )
-    return list(ids)
+    return list(ids)  # each id's range: AdapterForwardConfig.validate, naming `param`
+
+
+def _prompt_param(prompt: str | list, i: int) -> str:
+    """The parameter that holds prompt i: `prompt`, or `prompt[i]` in a list of token-id lists."""
+    return f"prompt[{i}]" if isinstance(prompt, list) and isinstance(prompt[0], list) else "prompt"
 
 
 def _prompt_text(prompt: str | list, i: int, ids: list[int], model: ServedModel) -> str:
@@ -371,28 +374,20 @@ def _sampling(req, model: ServedModel, logprobs: int | None) -> SamplingParams:
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
-        logit_bias=_logit_bias(req.logit_bias, model),
+        logit_bias=_logit_bias(req.logit_bias),
         seed=None if req.seed is None else req.seed % (1 << 63),  # any int64 -> the RNG's range
         logprobs=logprobs,
     )
 
 
-def _logit_bias(bias: dict[str, float] | None, model: ServedModel) -> dict[int, float]:
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """JSON's string keys -> token ids; ids and values are checked by AdapterForwardConfig.validate."""
     out = {}
     for key, value in (bias or {}).items():
         try:
-            token = int(key)
+            out[int(key)] = float(value)
         except ValueError:
             raise RequestError(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
-        if not 0 <= token < model.vocab_size:
-            raise RequestError(
-                f"logit_bias token id {token} is outside the vocabulary [0, {model.vocab_size})", "logit_bias"
-            )
-        if not -LOGIT_BIAS_LIMIT <= value <= LOGIT_BIAS_LIMIT:
-            raise RequestError(
-                f"logit_bias value {value} for token {token} is outside [-100, 100]", "logit_bias"
-            )
-        out[token] = float(value)
     return out
 
 
@@ -444,10 +439,10 @@ def _config(
     max_tokens: int,
     prompt_logprobs: int | None = None,
     grammar: GrammarSpec | None = None,
+    prompt_param: str = "messages",
 ) -> AdapterForwardConfig:
+    """The engine's request, validated: the one check of the request limits (inference/limits.py)."""
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    if any(not s for s in stop):
-        raise RequestError("stop sequences must not be empty strings", "stop")
     cfg = AdapterForwardConfig(
         request_id=request_id,
         prompt_ids=tuple(ids),
@@ -461,5 +456,5 @@ def _config(
         grammar=grammar,
         cache_salt=req.cache_salt,
     )
-    cfg.validate(vocab_size=model.vocab_size, context_length=model.context_length)
+    cfg.validate(vocab_size=model.vocab_size, context_length=model.context_length, prompt_param=prompt_param)
     return cfg

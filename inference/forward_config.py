@@ -1,17 +1,13 @@
-"""AdapterForwardConfig: one request as the engine sees it (crosses the process boundary as msgpack)."""
+"""AdapterForwardConfig: one request as the engine sees it (crosses the process boundary as msgpack).
 
-import math
+validate() is the one check of a config against the request limits (inference/limits.py) and the model;
+the API boundary calls it once per config, and the engine only asserts."""
 
 import msgspec
 
+from . import limits
 from .errors import ContextLengthError, RequestError
 from .text.grammar import GrammarSpec
-
-MAX_N = 128  # choices per request
-MAX_LOGPROBS = 20  # alternatives per token, as the OpenAI API
-MAX_STOP = 16  # stop strings per request (OpenAI allows 4; we are lenient)
-MAX_BIAS = 100.0  # |logit_bias| bound; -100 bans a token
-MAX_CACHE_SALT_CHARS = 256
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -30,28 +26,34 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
 
     def validate(self, *, vocab_size: int) -> None:
         """Raises RequestError, `param` set, when a value is outside its range for this vocabulary."""
-        _check_range("temperature", self.temperature, 0.0, 2.0)
-        if not 0.0 < self.top_p <= 1.0:
-            raise RequestError(f"top_p = {self.top_p} must be in (0, 1]", "top_p")
+        _check_range("temperature", self.temperature, *limits.TEMPERATURE)
+        low, high = limits.TOP_P
+        if not low < self.top_p <= high:
+            raise RequestError(f"top_p = {self.top_p} must be in ({low:g}, {high:g}]", "top_p")
         if self.top_k < 0:
             raise RequestError(f"top_k = {self.top_k} must be >= 0 (0 disables top-k)", "top_k")
-        _check_range("min_p", self.min_p, 0.0, 1.0)
-        if not 0.0 < self.repetition_penalty < math.inf:
+        _check_range("min_p", self.min_p, *limits.MIN_P)
+        if not 0.0 < self.repetition_penalty <= limits.MAX_REPETITION_PENALTY:
             raise RequestError(
-                f"repetition_penalty = {self.repetition_penalty} must be > 0 (1 disables it)",
+                f"repetition_penalty = {self.repetition_penalty} must be in (0, "
+                f"{limits.MAX_REPETITION_PENALTY:g}] (1 disables it)",
                 "repetition_penalty",
             )
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_range("presence_penalty", self.presence_penalty, *limits.PENALTY)
+        _check_range("frequency_penalty", self.frequency_penalty, *limits.PENALTY)
         self._validate_logit_bias(vocab_size)
         if self.logprobs is not None:
-            _check_range("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+            _check_range("logprobs", self.logprobs, 0, limits.MAX_LOGPROBS)
 
     def _validate_logit_bias(self, vocab_size: int) -> None:
+        count, most = len(self.logit_bias), limits.MAX_LOGIT_BIAS_TOKENS
+        if count > most:
+            raise RequestError(f"logit_bias has {count} entries; at most {most} are allowed", "logit_bias")
+        bound = limits.MAX_LOGIT_BIAS
         for token_id, bias in self.logit_bias.items():
             _check_token_id("logit_bias", token_id, vocab_size, "logit_bias token id")
-            _check_range("logit_bias", bias, -MAX_BIAS, MAX_BIAS, f"logit_bias[{token_id}]")
-        if sum(b <= -MAX_BIAS for b in self.logit_bias.values()) >= vocab_size:
+            _check_range("logit_bias", bias, -bound, bound, f"logit_bias[{token_id}]")
+        if sum(b <= -bound for b in self.logit_bias.values()) >= vocab_size:
             raise RequestError(
                 f"logit_bias bans all {vocab_size} tokens; nothing is left to sample", "logit_bias"
             )
@@ -73,20 +75,23 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
     grammar: GrammarSpec | None = None  # structured output: every token follows this grammar
     cache_salt: str | None = None  # mixed into the first KV block's hash: prefixes are shared per salt only
 
-    def validate(self, *, vocab_size: int, context_length: int) -> None:
-        """Raises RequestError (ContextLengthError for a too-long request), `param` set, on a bad value."""
-        self._validate_prompt(vocab_size)
+    def validate(self, *, vocab_size: int, context_length: int, prompt_param: str = "prompt") -> None:
+        """Raises RequestError (ContextLengthError for a too-long request), `param` set, on a bad value.
+
+        vocab_size: the ids with a token; prompt_param: the API parameter the prompt came from."""
+        self._validate_prompt(vocab_size, prompt_param)
         if self.max_tokens < 1:
             raise RequestError(f"max_tokens = {self.max_tokens} must be at least 1", "max_tokens")
-        _check_range("n", self.n, 1, MAX_N)
+        _check_range("n", self.n, 1, limits.MAX_N)
         self._validate_context(context_length)
         self.sampling.validate(vocab_size=vocab_size)
         self._validate_stop(vocab_size)
         if self.prompt_logprobs is not None:
-            _check_range("prompt_logprobs", self.prompt_logprobs, 0, MAX_LOGPROBS)
-        if self.cache_salt is not None and not 0 < len(self.cache_salt) <= MAX_CACHE_SALT_CHARS:
+            _check_range("prompt_logprobs", self.prompt_logprobs, 0, limits.MAX_LOGPROBS)
+        most = limits.MAX_CACHE_SALT_CHARS
+        if self.cache_salt is not None and not 0 < len(self.cache_salt) <= most:
             raise RequestError(
-                f"cache_salt must be a non-empty string of at most {MAX_CACHE_SALT_CHARS} characters, got "
+                f"cache_salt must be a non-empty string of at most {most} characters, got "
                 f"{len(self.cache_salt)}",
                 "cache_salt",
             )
@@ -97,15 +102,15 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "ignore_eos",
             )
 
-    def _validate_prompt(self, vocab_size: int) -> None:
+    def _validate_prompt(self, vocab_size: int, param: str) -> None:
         if not self.prompt_ids:
-            raise RequestError("the prompt is empty: at least one token is needed", "prompt")
+            raise RequestError("the prompt is empty: at least one token is needed", param)
         bad = next((i for i, t in enumerate(self.prompt_ids) if not 0 <= t < vocab_size), None)
         if bad is not None:
             raise RequestError(
                 f"prompt token id {self.prompt_ids[bad]} at position {bad} is outside the vocabulary "
                 f"[0, {vocab_size})",
-                "prompt",
+                param,
             )
 
     def _validate_context(self, context_length: int) -> None:
@@ -120,10 +125,20 @@ class AdapterForwardConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
 
     def _validate_stop(self, vocab_size: int) -> None:
-        if len(self.stop) > MAX_STOP:
-            raise RequestError(f"{len(self.stop)} stop strings given; at most {MAX_STOP} are allowed", "stop")
+        count, most = len(self.stop), limits.MAX_STOP_STRINGS
+        if count > most:
+            raise RequestError(f"{count} stop strings given; at most {most} are allowed", "stop")
         if any(not s for s in self.stop):
             raise RequestError(f"stop string {self.stop.index('')} is empty", "stop")
+        most = limits.MAX_STOP_CHARS
+        for i, s in enumerate(self.stop):
+            if len(s) > most:
+                raise RequestError(
+                    f"stop string {i} has {len(s)} characters; at most {most} are allowed", "stop"
+                )
+        count, most = len(self.stop_token_ids), limits.MAX_STOP_TOKEN_IDS
+        if count > most:
+            raise RequestError(f"{count} stop_token_ids given; at most {most} are allowed", "stop_token_ids")
         for token_id in self.stop_token_ids:
             _check_token_id("stop_token_ids", token_id, vocab_size, "stop token id")
 

@@ -15,27 +15,14 @@ from ..text.grammar import GrammarVocabulary
 from ..text.output_text import OutputText
 from . import memory
 from .block_manager import BlockManager
+from .config import EngineConfig
 from .model_runner import ModelRunner
 from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
+from .stats import EngineStats
 
-
-class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
-    max_num_seqs: int = 16  # sequences decoded together
-    max_num_batched_tokens: int = 512  # tokens per forward (decode tokens + prefill chunks)
-    block_size: int = 16  # token slots per KV block
-    kv_cache_tokens: int = 32768  # total KV slots; blocks = kv_cache_tokens // block_size
-    prefix_caching: bool = True  # full blocks of finished sequences keep their KV for later prompts
-
-
-class EngineStats(msgspec.Struct, kw_only=True):
-    running: int
-    waiting: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    preemptions: int
-    cached_prompt_tokens: int  # tokens whose KV the prefix cache supplied at admission, since start
+__all__ = ["Engine", "EngineConfig"]
 
 
 class Engine:
@@ -95,24 +82,23 @@ class Engine:
     # -- requests ---------------------------------------------------------------------------------
 
     def add_request(self, cfg: AdapterForwardConfig) -> None:
-        """Validates and queues a request; its n choices run as n sequences sharing the prompt."""
-        cfg.validate(vocab_size=self.num_tokens, context_length=self.model_config.context_length)
+        """Queues a request the API boundary validated (AdapterForwardConfig.validate, translate's checks
+        of n and the KV cache); its n choices run as n sequences sharing the prompt."""
+        self._assert_admissible(cfg)
         if cfg.request_id in self._by_request:
             raise RequestError(f"request id {cfg.request_id!r} is already running", param="request_id")
-        if cfg.n > self.config.max_num_seqs:
-            raise RequestError(
-                f"n = {cfg.n} exceeds this server's max_num_seqs = {self.config.max_num_seqs}", "n"
-            )
-        needed = -(-(len(cfg.prompt_ids) + cfg.max_tokens) // self.config.block_size)
-        if needed > self.blocks.num_blocks:
-            raise RequestError(
-                f"prompt + max_tokens need {needed} KV blocks but the cache has {self.blocks.num_blocks}",
-                "max_tokens",
-            )
         seqs = [self._new_sequence(cfg, i) for i in range(cfg.n)]
         seqs[0].followers = seqs[1:]
         self._by_request[cfg.request_id] = seqs
         self.scheduler.add(seqs[0])
+
+    def _assert_admissible(self, cfg: AdapterForwardConfig) -> None:
+        """What the engine relies on and the boundary has checked: an invariant, not a request error."""
+        ids, tokens, c = cfg.prompt_ids, len(cfg.prompt_ids) + cfg.max_tokens, self.config
+        assert ids and 0 <= min(ids) and max(ids) < self.num_tokens, f"ids outside [0, {self.num_tokens})"
+        assert 1 <= cfg.n <= c.max_num_seqs, f"n = {cfg.n}, max_num_seqs = {c.max_num_seqs}"
+        assert cfg.max_tokens >= 1 and tokens <= self.model_config.context_length, f"{tokens} tokens"
+        assert -(-tokens // c.block_size) <= self.blocks.num_blocks, f"{tokens} tokens: too many blocks"
 
     def _new_sequence(self, cfg: AdapterForwardConfig, index: int) -> Sequence:
         params = cfg.sampling

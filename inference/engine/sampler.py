@@ -6,7 +6,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..events import Logprob, TokenLogprobs
-from ..forward_config import MAX_BIAS, SamplingParams
+from ..forward_config import SamplingParams
+from ..limits import MAX_LOGIT_BIAS
 from ..text.grammar import GrammarConstraint
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (as vLLM); also keeps logits / T finite
@@ -35,7 +36,7 @@ class SequenceSampling:
         self.output_counts: dict[int, int] = {}  # output token id -> times generated
         ids = np.fromiter(params.logit_bias.keys(), np.int64, len(params.logit_bias))
         bias = np.fromiter(params.logit_bias.values(), np.float32, len(params.logit_bias))
-        self.bias_ids, self.bias = ids, np.where(bias <= -MAX_BIAS, -np.inf, bias).astype(np.float32)
+        self.bias_ids, self.bias = ids, np.where(bias <= -MAX_LOGIT_BIAS, -np.inf, bias).astype(np.float32)
         self._seen: np.ndarray | None = None  # [vocab] bool: in prompt or output (repetition penalty)
         self.seen_ids = np.empty(0, np.int64)
         if params.repetition_penalty != 1.0:

@@ -16,6 +16,8 @@ from ..errors import ContextLengthError, RequestError
 from ..events import TokenEvent
 from ..forward_config import AdapterForwardConfig
 from ..model.backends import BackendConfig
+from .config import EngineConfig  # a Struct the API process builds and sends as it is
+from .stats import EngineStats  # engine.stats() crosses as it is (stats.py imports no engine code)
 
 log = logging.getLogger("gguf_serve.worker")
 
@@ -43,21 +45,10 @@ ToWorker = AddRequest | AbortRequest | StopWorker
 # -- worker -> API process -------------------------------------------------------------------------
 
 
-class WorkerStats(msgspec.Struct):
-    """engine.stats() as it crosses the pipe (the API process never imports the engine)."""
-
-    running: int  # sequences
-    waiting: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    preemptions: int
-    cached_prompt_tokens: int
-
-
 class WorkerReady(msgspec.Struct, tag="ready"):
     backend: str  # the backend actually used ("auto" resolved)
     load_seconds: float
-    stats: WorkerStats
+    stats: EngineStats
 
 
 class Rejection(msgspec.Struct):
@@ -69,7 +60,7 @@ class Rejection(msgspec.Struct):
 
 class WorkerStep(msgspec.Struct, tag="step"):
     events: list[TokenEvent]
-    stats: WorkerStats
+    stats: EngineStats
     queue_times: list[float]  # seconds from arrival to first schedule, for requests first scheduled now
     rejected: list[Rejection]
 
@@ -150,7 +141,7 @@ class Worker:
         for e in events:
             if e.finish_reason is not None:
                 self._arrived.pop(e.request_id, None)
-        msg = WorkerStep(events, _stats(self.engine), self._queue_times(step_started), self._rejected)
+        msg = WorkerStep(events, self.engine.stats(), self._queue_times(step_started), self._rejected)
         self._rejected = []
         self.outbox.send_bytes(self._encoder.encode(msg))
 
@@ -165,32 +156,26 @@ class Worker:
         return out
 
 
-def _stats(engine) -> WorkerStats:
-    return WorkerStats(**msgspec.structs.asdict(engine.stats()))  # the same fields, by name
-
-
 def run(
     inbox: Connection,
     outbox: Connection,
     model_path: str,
     backend: BackendConfig,
-    engine_config: dict[str, int],
+    engine_config: EngineConfig,
     log_level: str = "info",
 ) -> None:
     """Process entry point: load the engine, report ready, serve until told to stop or the API goes away.
-
-    engine_config: EngineConfig's fields (the engine is imported here only, never by the API process).
-    """
+    The engine is imported here only, never by the API process (EngineConfig lives apart from it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the API process decides
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s [worker] %(message)s")
     encoder = msgspec.msgpack.Encoder()
     try:
-        from .engine import Engine, EngineConfig
+        from .engine import Engine
 
         started = time.monotonic()
-        engine = Engine.load(model_path, backend=backend, config=EngineConfig(**engine_config))
+        engine = Engine.load(model_path, backend=backend, config=engine_config)
         used = engine.backend_name
-        outbox.send_bytes(encoder.encode(WorkerReady(used, time.monotonic() - started, _stats(engine))))
+        outbox.send_bytes(encoder.encode(WorkerReady(used, time.monotonic() - started, engine.stats())))
         log.info("engine ready (%s backend) in %.1f s", used, time.monotonic() - started)
         Worker(engine, inbox, outbox).serve_forever()
     except (EOFError, BrokenPipeError, ConnectionResetError):

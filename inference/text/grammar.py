@@ -12,6 +12,7 @@ allowed once the grammar accepts. Ids past the token list (vocab padding) have n
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
@@ -73,7 +74,20 @@ def check_grammar(spec: GrammarSpec) -> None:
     except ValueError as e:
         error = str(e)
     if error:
-        raise RequestError(f"{spec.param}: the {spec.kind} grammar is invalid: {error}", spec.param)
+        raise RequestError(f"{spec.param}: the {spec.kind} grammar is invalid: {_reason(error)}", spec.param)
+
+
+def _reason(error: str) -> str:
+    """llguidance's message on one line, without its position in our generated grammar text and the
+    numbered listing of that text (with internal options) that follows: 'at 3(7): failed to compile JSON
+    schema: Invalid type: foo\n   1 {...}' -> 'Invalid type: foo'."""
+    lines = []
+    for line in error.strip().splitlines():
+        if re.match(r"^\s+\d+ ", line):  # the listing of the grammar text starts
+            break
+        lines.append(line.strip())
+    text = re.sub(r"^at \d+\(\d+\):\s*", "", " ".join(x for x in lines if x))
+    return text.removeprefix("failed to compile JSON schema: ")
 
 
 class GrammarVocabulary:

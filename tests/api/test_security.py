@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.protocol import MAX_STOP_CHARS, MAX_STOP_TOKEN_IDS
 from app.settings import SettingsError, load_settings
+from inference.limits import MAX_STOP_CHARS, MAX_STOP_TOKEN_IDS
 
 from .conftest import API_KEY, MODEL, start_server
 

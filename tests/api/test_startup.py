@@ -114,8 +114,10 @@ def test_fields_that_do_not_change_generation_are_accepted_and_change_nothing(ht
 def test_fields_we_cannot_honour_are_not_supported_by_this_server(http, name, value):
     r = _chat(http, **{name: value})
     assert r.status_code == 400, r.text
-    assert f"{name} is not supported by this server" in r.json()["error"]["message"]
-    assert "unrecognized" not in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert f"{name} is not supported by this server" in error["message"]
+    assert "unrecognized" not in error["message"]
+    assert (error["param"], error["code"]) == (name, "unsupported_parameter"), error
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,7 @@ def test_negative_seed_maps_into_range(model):
         ({"prompt": [49152]}, "prompt", "outside the vocabulary"),
         ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", "not a token id"),
         ({"prompt": "x", "logit_bias": {"99999": 1}}, "logit_bias", "outside the vocabulary"),
-        ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias", "outside [-100, 100]"),
+        ({"prompt": "x", "logit_bias": {"5": 101}}, "logit_bias", "logit_bias[5] = 101.0 is greater"),
         ({"prompt": "x", "stop": ""}, "stop", "empty"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options", "only allowed"),
         ({"prompt": ["a", "b", "c"], "n": 3}, "n", "max_num_seqs"),

@@ -35,7 +35,6 @@ def _served(path, template_source: str | None = None) -> ServedModel:
         tokenizer=tok,
         template=template,
         context_length=8192,
-        vocab_size=tok.vocab_size,
         created=0,
         max_num_seqs=8,
         kv_cache_tokens=16384,
