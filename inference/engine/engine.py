@@ -22,8 +22,6 @@ from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
 from .stats import EngineStats
 
-__all__ = ["Engine", "EngineConfig"]
-
 
 class Engine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
