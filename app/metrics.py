@@ -38,6 +38,16 @@ ENGINE_FAMILIES = {
         "Tokens whose KV came from the prefix cache instead of being computed (prompts, and what a "
         "preempted sequence had generated).",
     ),
+    "draft_tokens_proposed": (
+        "counter",
+        "spec_decode_draft_tokens_total",
+        "Speculative decoding: tokens the draft model or n-gram lookup proposed and the model verified.",
+    ),
+    "draft_tokens_accepted": (
+        "counter",
+        "spec_decode_accepted_tokens_total",
+        "Speculative decoding: proposed tokens the model accepted (its own choice at that position).",
+    ),
 }
 
 
@@ -133,6 +143,12 @@ class Metrics:
             ),
             ("gauge", "requests_in_flight", "HTTP requests admitted and not yet finished.", self.in_flight),
             ("gauge", "kv_cache_usage_ratio", "Fraction of KV-cache blocks in use.", usage),
+            (
+                "gauge",
+                "spec_decode_acceptance_ratio",
+                "Accepted / proposed tokens of speculative decoding since start (0 before any proposal).",
+                e.draft_tokens_accepted / e.draft_tokens_proposed if e.draft_tokens_proposed else 0.0,
+            ),
             ("counter", "prompt_tokens_total", "Prompt tokens of finished requests.", self.prompt_tokens),
             ("counter", "generation_tokens_total", "Tokens generated.", self.generation_tokens),
         ]

@@ -35,6 +35,10 @@ class ContextLengthError(RequestError):
     """Prompt + completion exceed the model's context window."""
 
 
+class DraftModelError(GGUFServeError, ValueError):
+    """A draft model that cannot draft for the target (its vocabulary differs)."""
+
+
 class FetchError(GGUFServeError):
     """A model could not be fetched from the package registry or failed its checksum."""
 

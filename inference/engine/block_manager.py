@@ -96,6 +96,18 @@ class BlockManager:
                 self._free[block] = None
         table.clear()
 
+    def truncate(self, table: list[int], num_tokens: int) -> None:
+        """Frees the blocks of `table` past the first ones that hold `num_tokens` tokens (the rejected end of
+        a speculative step). They never held a full computed block, so no cached hash: they go to the
+        front of the free list, to be reused before blocks whose cached prefix may still serve."""
+        keep = -(-num_tokens // self.block_size)
+        for block in reversed(table[keep:]):
+            self._refs[block] -= 1
+            assert self._refs[block] == 0 and block not in self._hash_of, f"block {block} is shared or cached"
+            self._free[block] = None
+            self._free.move_to_end(block, last=False)
+        del table[keep:]
+
     # -- prefix cache -----------------------------------------------------------------------------
 
     def lookup(self, hashes: list[BlockHash]) -> list[int]:

@@ -11,3 +11,15 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     block_size: int = 16  # token slots per KV block
     kv_cache_tokens: int = 32768  # total KV slots; blocks = kv_cache_tokens // block_size
     prefix_caching: bool = True  # full blocks of finished sequences keep their KV for later prompts
+    # speculative decoding: a draft model (a .gguf path or registry name; "" = none) or prompt lookup
+    # proposes up to num_draft_tokens tokens per sequence, the target verifies them in one forward
+    draft_model: str = ""
+    ngram_draft: bool = False
+    num_draft_tokens: int = 4
+    draft_token_budget: int = 8  # proposed tokens per step over all decoding sequences (0: none)
+
+    def draft_len(self, num_decoding: int) -> int:
+        """Tokens to propose per sequence when num_decoding sequences decode: num_draft_tokens while the
+        budget covers them all, fewer as the batch grows, 0 once one each no longer fits (verifying is
+        no longer nearly free when the batch alone fills the forward)."""
+        return min(self.num_draft_tokens, self.draft_token_budget // max(num_decoding, 1))

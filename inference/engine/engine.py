@@ -17,14 +17,20 @@ from . import memory
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner
+from .proposer import NgramProposer, Proposer
 from .sampler import Sampler, SequenceSampling, top_logprobs
 from .scheduler import Scheduled, Scheduler
 from .sequence import Sequence
 from .stats import EngineStats
+from .verify import next_token
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None):
+    def __init__(
+        self, loaded: LoadedModel, config: EngineConfig | None = None, draft: LoadedModel | None = None
+    ):
+        """`draft`: the model that proposes tokens (config.draft_model loaded); with config.ngram_draft,
+        prompt lookup proposes them; with neither, no speculation."""
         config = config or EngineConfig()
         if config.kv_cache_tokens < config.block_size:
             raise ValueError(f"kv_cache_tokens {config.kv_cache_tokens} < block_size {config.block_size}")
@@ -37,6 +43,17 @@ class Engine:
         self.sampler = Sampler()
         self._by_request: dict[str, list[Sequence]] = {}
         self._grammar_vocab: GrammarVocabulary | None = None  # built by the first constrained request
+        self.proposer = self._proposer(draft)
+        self.num_draft_proposed = 0  # proposed tokens verified, since start
+        self.num_draft_accepted = 0
+
+    def _proposer(self, draft: LoadedModel | None) -> Proposer | None:
+        assert not (draft and self.config.ngram_draft), "a draft model or n-gram lookup, not both"
+        if draft is not None:
+            from .draft_model import DraftModelProposer  # noqa: PLC0415 - only a draft model needs it
+
+            return DraftModelProposer(draft, self.loaded.tokenizer, self.config)
+        return NgramProposer() if self.config.ngram_draft else None
 
     @classmethod
     def load(
@@ -47,12 +64,18 @@ class Engine:
         config = config or EngineConfig()
         gguf = load_gguf(resolve_model(model_path))
         ops = select_backend(backend)
+        draft_gguf = load_gguf(resolve_model(config.draft_model)) if config.draft_model else None
         if ops.name != "cuda":  # the CUDA backend checks device memory as it allocates
-            est = memory.estimate(
-                gguf, ModelConfig.from_gguf(gguf), ops, config.kv_cache_tokens, config.max_num_batched_tokens
-            )
-            memory.check_fits(est)
-        return cls(LoadedModel.from_gguf(gguf, ops), config)
+            files = [gguf] if draft_gguf is None else [gguf, draft_gguf]
+            est = [
+                memory.estimate(
+                    f, ModelConfig.from_gguf(f), ops, config.kv_cache_tokens, config.max_num_batched_tokens
+                )
+                for f in files
+            ]
+            memory.check_fits(est[0] if len(est) == 1 else memory.combined(est))
+        draft = None if draft_gguf is None else LoadedModel.from_gguf(draft_gguf, ops)
+        return cls(LoadedModel.from_gguf(gguf, ops), config, draft)
 
     @property
     def tokenizer(self):
@@ -118,6 +141,8 @@ class Engine:
         """Drops every sequence of the request and frees its KV blocks now."""
         for seq in self._by_request.pop(request_id, []):
             self.scheduler.finish(seq)
+            if self.proposer is not None:
+                self.proposer.release(seq)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -134,29 +159,41 @@ class Engine:
             kv_blocks_total=self.blocks.num_blocks,
             preemptions=self.scheduler.num_preemptions,
             cached_prompt_tokens=self.scheduler.num_cached_tokens,
+            draft_tokens_proposed=self.num_draft_proposed,
+            draft_tokens_accepted=self.num_draft_accepted,
         )
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def step(self) -> list[TokenEvent]:
-        """schedule -> run the model -> sample -> postprocess (append tokens, stop, free)."""
-        scheduled = self.scheduler.schedule()
+        """propose -> schedule -> run the model -> sample or verify -> postprocess (append, stop, free)."""
+        scheduled = self.scheduler.schedule(self._propose())
         if not scheduled:
             return []
         logits, rows = self.runner.run(scheduled)  # [N, V]
         logits = logits[:, : self.num_tokens]  # [N, num_tokens]: padded rows have no token, nor a chance
-        to_sample = self._advance(scheduled, rows, logits)
+        to_sample, to_verify = self._advance(scheduled, rows, logits)
+        events = self._sample(to_sample, logits)
+        return events + [self._verify(item, logits[seq_rows]) for item, seq_rows in to_verify]
+
+    def _sample(self, to_sample: list[tuple[Sequence, int]], logits: np.ndarray) -> list[TokenEvent]:
         if not to_sample:
             return []
         picked = self.sampler.sample(logits[[r for _, r in to_sample]], [s.sampling for s, _ in to_sample])
         return [self._append(s, t.token_id, t.logprobs) for (s, _), t in zip(to_sample, picked, strict=True)]
 
-    def _advance(self, scheduled: list[Scheduled], rows, logits) -> list[tuple[Sequence, int]]:
+    def _advance(self, scheduled: list[Scheduled], rows, logits):
         """Moves each sequence past its computed tokens (prompt logprobs, prefix cache, n > 1 forks);
-        returns the (sequence, logits row) pairs that sample a next token now."""
+        returns the (sequence, logits row) pairs that sample a next token now, and the (item, logits
+        rows) of sequences that verify proposed tokens (moved past their last token only)."""
         to_sample: list[tuple[Sequence, int]] = []
+        to_verify: list[tuple[Scheduled, list[int]]] = []
         for item, seq_rows in zip(scheduled, rows, strict=True):
             s = item.seq
+            if item.draft:
+                s.num_computed += 1  # the proposals' KV stands only as far as they are accepted
+                to_verify.append((item, seq_rows))
+                continue
             prompt_lp = self._prompt_logprobs(item, logits[seq_rows]) if s.wants_prompt_logprobs else None
             completes = item.completes  # read before num_computed moves
             s.num_computed += item.num_tokens
@@ -172,7 +209,54 @@ class Engine:
                     to_sample.append((f, seq_rows[-1]))
                 s.followers = []
             to_sample.append((s, seq_rows[-1]))
-        return to_sample
+        return to_sample, to_verify
+
+    # -- speculative decoding ---------------------------------------------------------------------
+
+    def _propose(self) -> dict[int, list[int]]:
+        """seq_id -> proposed next tokens of each decoding sequence, k of them at most: fewer as more
+        sequences decode (config.draft_token_budget over all), none past max_tokens or the context, and
+        only as many as the grammar of a structured output allows."""
+        if self.proposer is None:
+            return {}
+        decoding = [s for s in self.scheduler.running if s.num_pending <= 1 and not s.wants_prompt_logprobs]
+        k = self.config.draft_len(len(decoding))
+        wanted = [(s, min(k, self._room(s))) for s in decoding]
+        wanted = [(s, n) for s, n in wanted if n > 0]
+        if not wanted:
+            return {}
+        drafts = self.proposer.propose(wanted)
+        for s, _ in wanted:
+            if s.sampling.constraint is not None and drafts.get(s.seq_id):
+                draft = drafts[s.seq_id]
+                drafts[s.seq_id] = draft[: s.sampling.constraint.valid_prefix(draft)]
+        return drafts
+
+    def _room(self, s: Sequence) -> int:
+        """Proposals that can still become output: one token after them (the bonus) must fit as well."""
+        return min(s.request.max_tokens - s.num_output, self.model_config.context_length - s.num_tokens) - 1
+
+    def _verify(self, item: Scheduled, rows: np.ndarray) -> TokenEvent:
+        """Appends the accepted proposals and the token after them (rows [k + 1, V]: the target's logits
+        after the last token and after each proposal), stopping where plain decoding would; the KV of
+        rejected proposals is dropped and the blocks past the sequence's end are freed."""
+        s, draft = item.seq, item.draft
+        events, accepted = [], 0
+        for j, row in enumerate(rows):
+            proposed = draft[j] if j < len(draft) else None
+            token = next_token(row, proposed, s.sampling)
+            n_top = s.request.sampling.logprobs
+            events.append(self._append(s, token, None if n_top is None else top_logprobs(row, token, n_top)))
+            accepted += token == proposed
+            if s.finish_reason is not None or token != proposed:
+                break
+            s.num_computed += 1  # the accepted proposal's KV, computed in this step
+        self.num_draft_proposed += len(draft)
+        self.num_draft_accepted += accepted
+        if s.finish_reason is None:
+            self.scheduler.register_computed(s)
+            self.blocks.truncate(s.block_table, s.num_tokens)
+        return _merged(events)
 
     def _prompt_logprobs(self, item: Scheduled, rows: np.ndarray) -> list[TokenLogprobs]:
         """Logprob of each next prompt token given its prefix, for the prompt part of this chunk."""
@@ -222,6 +306,22 @@ class Engine:
     def _finish(self, s: Sequence, reason: str) -> None:
         s.finish_reason = reason
         self.scheduler.finish(s)
+        if self.proposer is not None:
+            self.proposer.release(s)
         group = self._by_request.get(s.request_id, [])
         if all(x.finish_reason is not None for x in group):
             self._by_request.pop(s.request_id, None)
+
+
+def _merged(events: list[TokenEvent]) -> TokenEvent:
+    """One event for the tokens one sequence appended in a step (the last event's totals and finish)."""
+    if len(events) == 1:
+        return events[0]
+    logprobs = None if events[-1].logprobs is None else [lp for e in events for lp in e.logprobs]
+    return msgspec.structs.replace(
+        events[-1],
+        token_ids=[t for e in events for t in e.token_ids],
+        text="".join(e.text for e in events),
+        logprobs=logprobs,
+        prompt_logprobs=events[0].prompt_logprobs,
+    )

@@ -27,6 +27,21 @@ def estimate(gguf: GGUFFile, config: ModelConfig, backend: Backend, kv_tokens: i
     )
 
 
+def combined(estimates: list[MemoryEstimate]) -> MemoryEstimate:
+    """Two models in one process (a target and its draft): their parts added up; the activations of one
+    forward at a time, so the larger of them."""
+    return MemoryEstimate(
+        weights=sum(e.weights for e in estimates),
+        kv_cache=sum(e.kv_cache for e in estimates),
+        kv_bytes_per_token=sum(e.kv_bytes_per_token for e in estimates),
+        activations=max(e.activations for e in estimates),
+        overhead=max(e.overhead for e in estimates),
+        total=sum(e.weights + e.kv_cache for e in estimates)
+        + max(e.activations for e in estimates)
+        + max(e.overhead for e in estimates),
+    )
+
+
 def check_fits(est: MemoryEstimate, available: int | None = None) -> None:
     """Raises OutOfMemoryError, with both numbers, when the estimate exceeds the available memory."""
     available = available_memory() if available is None else available

@@ -39,7 +39,7 @@ class ModelRunner:
             s = item.seq
             pos = np.arange(s.num_computed, s.num_computed + item.num_tokens, dtype=np.int32)
             table = np.asarray(s.block_table, dtype=np.int32)
-            ids.append(np.asarray(s.token_ids[s.num_computed : s.num_computed + item.num_tokens], np.int32))
+            ids.append(np.asarray((s.token_ids[s.num_computed :] + item.draft)[: item.num_tokens], np.int32))
             positions.append(pos)
             slots.append(table[pos // bs] * bs + pos % bs)
             context = s.num_computed + item.num_tokens
@@ -59,8 +59,9 @@ class ModelRunner:
 
 
 def _wanted_rows(item: Scheduled, start: int) -> list[int]:
-    """Rows whose logits we need: all prompt rows when prompt logprobs are asked, else the last."""
+    """Rows whose logits we need: all prompt rows when prompt logprobs are asked, every row of a step that
+    verifies proposed tokens (each row picks the token after it), else the last."""
     s = item.seq
-    if s.wants_prompt_logprobs:
+    if s.wants_prompt_logprobs or item.draft:
         return list(range(start, start + item.num_tokens))
     return [start + item.num_tokens - 1] if item.completes else []

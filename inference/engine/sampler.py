@@ -173,6 +173,20 @@ def sample_row(row: np.ndarray, params: SamplingParams, rng: np.random.Generator
     return int(cand[inverse_cdf(probs[cand], u)])
 
 
+def sampling_probs(row: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """[V] float64, summing to 1: the distribution sample_row draws from for processed logits [V]
+    (modified in place): T -> min_p -> top_k -> top_p, as there."""
+    row /= np.float32(params.temperature)
+    apply_min_p(row, params.min_p)
+    apply_top_k(row, params.top_k)
+    probs = np.exp(row - row.max(), dtype=np.float64)  # [V]; filtered: exactly 0
+    if params.top_p < 1.0:
+        keep = nucleus(probs, params.top_p)
+        probs, kept = np.zeros_like(probs), probs[keep]
+        probs[keep] = kept
+    return probs / probs.sum()
+
+
 def apply_min_p(row: np.ndarray, min_p: float) -> None:
     """In place on scaled logits [V]: drops tokens with p < min_p * p_max, i.e. x < x_max + log(min_p)."""
     if min_p > 0:

@@ -1,7 +1,8 @@
 """Scheduler: which tokens of which sequences run in the next step, under a token and a block budget."""
 
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .block_manager import BlockManager
 from .sequence import Sequence, Status
@@ -12,11 +13,12 @@ class Scheduled:
     seq: Sequence
     num_tokens: int  # tokens of this sequence in the step (1 for decode, a chunk for prefill)
     copies: list[tuple[int, int]]  # (src, dst) KV blocks to copy before the step (copy-on-write)
+    draft: list[int] = field(default_factory=list)  # proposed tokens run after the last one, to verify
 
     @property
     def completes(self) -> bool:
         """The step reaches the end of the sequence's tokens, so a next token is sampled."""
-        return self.seq.num_computed + self.num_tokens == self.seq.num_tokens
+        return self.seq.num_computed + self.num_tokens - len(self.draft) == self.seq.num_tokens
 
 
 class Scheduler:
@@ -35,22 +37,25 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> list[Scheduled]:
+    def schedule(self, drafts: Mapping[int, list[int]] | None = None) -> list[Scheduled]:
         """One step's work under the token budget, in this order: every decoding sequence (one token
-        each), then waiting sequences admitted with their first prefill chunk, then the next chunks of
-        prompts already being prefilled. A short request that arrives during a long prompt's prefill
-        thus starts at the next step instead of after the whole prompt."""
+        each, plus the tokens `drafts` proposes for it by seq_id, as far as budget and free blocks allow
+        without preempting), then waiting sequences admitted with their first prefill chunk, then the
+        next chunks of prompts already being prefilled. A short request that arrives during a long
+        prompt's prefill thus starts at the next step instead of after the whole prompt."""
         budget = self.max_num_batched_tokens
         out: list[Scheduled] = []
         prefilling = [s for s in self.running if s.num_pending > 1]
-        for seq in [s for s in self.running if s.num_pending <= 1]:
+        decoding = [s for s in self.running if s.num_pending <= 1]
+        for i, seq in enumerate(decoding):
             if seq not in self.running or budget == 0:
                 continue  # preempted by an earlier sequence of this loop
-            copies = self._reserve_or_preempt(seq, 1)
+            draft = self._fit_draft(seq, (drafts or {}).get(seq.seq_id, []), budget - (len(decoding) - i))
+            copies = self._reserve_or_preempt(seq, 1 + len(draft))
             if copies is None:
                 continue
-            out.append(Scheduled(seq, 1, copies))
-            budget -= 1
+            out.append(Scheduled(seq, 1 + len(draft), copies, draft))
+            budget -= 1 + len(draft)
         budget = self._admit(out, budget)
         for seq in prefilling:
             if seq not in self.running or budget == 0:
@@ -110,6 +115,17 @@ class Scheduler:
         for i in range(seq.num_registered, full):
             self.blocks.register(seq.block_table[i], hashes[i])
         seq.num_registered = full
+
+    def _fit_draft(self, seq: Sequence, draft: list[int], spare: int) -> list[int]:
+        """The proposals that fit `spare` tokens of budget and the free blocks (never preempting for them)."""
+        draft = draft[: max(spare, 0)]
+        cow = int(self._needs_cow(seq))
+        while draft and (
+            self.blocks.blocks_needed(seq.block_table, seq.num_computed + 1 + len(draft)) + cow
+            > self.blocks.num_free
+        ):
+            draft = draft[:-1]
+        return draft
 
     @staticmethod
     def _group_size(seq: Sequence) -> int:

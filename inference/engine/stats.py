@@ -13,3 +13,5 @@ class EngineStats(msgspec.Struct, kw_only=True):
     kv_blocks_total: int = 0
     preemptions: int = 0  # since the engine started
     cached_prompt_tokens: int = 0  # tokens whose KV the prefix cache supplied at admission, since start
+    draft_tokens_proposed: int = 0  # speculative decoding: proposed tokens the target verified, since start
+    draft_tokens_accepted: int = 0  # of those, the ones it kept

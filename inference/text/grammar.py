@@ -184,6 +184,10 @@ class GrammarConstraint:
         """[V] bool: the tokens that may come next."""
         return self.vocab.fill_masks([self])[0]
 
+    def valid_prefix(self, token_ids: list[int]) -> int:
+        """How many of token_ids, in order, the grammar allows from here (the matcher does not move)."""
+        return self.matcher.validate_tokens(token_ids)
+
     def advance(self, token_id: int) -> None:
         """Consumes a sampled token (an end-of-generation token once complete changes nothing)."""
         if self.complete and token_id in self.vocab.eog_ids:

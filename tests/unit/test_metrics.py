@@ -12,7 +12,14 @@ from inference.engine.stats import EngineStats
 
 # each field a distinct value, so a rendered value names the field it came from
 STATS = EngineStats(
-    running=3, waiting=5, kv_blocks_used=7, kv_blocks_total=11, preemptions=13, cached_prompt_tokens=17
+    running=3,
+    waiting=5,
+    kv_blocks_used=7,
+    kv_blocks_total=11,
+    preemptions=13,
+    cached_prompt_tokens=17,
+    draft_tokens_proposed=23,
+    draft_tokens_accepted=19,
 )
 NAMES = {  # the /metrics names, as they were before EngineStats crossed as it is
     "running": "gguf_serve_requests_running",
@@ -21,6 +28,8 @@ NAMES = {  # the /metrics names, as they were before EngineStats crossed as it i
     "kv_blocks_total": "gguf_serve_kv_cache_blocks_total",
     "preemptions": "gguf_serve_preemptions_total",
     "cached_prompt_tokens": "gguf_serve_prefix_cache_hit_tokens_total",
+    "draft_tokens_proposed": "gguf_serve_spec_decode_draft_tokens_total",  # new with speculative decoding
+    "draft_tokens_accepted": "gguf_serve_spec_decode_accepted_tokens_total",
 }
 
 
@@ -41,6 +50,7 @@ def test_every_field_has_a_family_under_its_old_name():
     samples = parse(metrics.render())
     assert {field: samples[name] for field, name in NAMES.items()} == msgspec.structs.asdict(STATS)
     assert samples["gguf_serve_kv_cache_usage_ratio"] == pytest.approx(7 / 11)
+    assert samples["gguf_serve_spec_decode_acceptance_ratio"] == pytest.approx(19 / 23)
 
 
 def test_a_dead_workers_gauges_reset_but_the_cache_size_stays():

@@ -1,0 +1,314 @@
+"""Speculative decoding (n-gram lookup, a draft model): greedy output token for token as without it, alone
+and batched, on the numpy and cpu backends; rejected proposals' KV blocks freed; stop strings, max_tokens,
+grammars and seeds as without it; sampled output distributed as the target's (chi-square)."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from inference.adapter import InferenceAdapter
+from inference.engine import verify
+from inference.engine.engine import Engine, EngineConfig
+from inference.engine.proposer import ngram_lookup
+from inference.engine.sampler import SequenceSampling, process_logits, sampling_probs
+from inference.errors import DraftModelError
+from inference.forward_config import AdapterForwardConfig, SamplingParams
+from inference.model.backends import BackendConfig
+from inference.model.loaded import LoadedModel
+from inference.text.grammar import GrammarSpec
+from tests.engine.synthetic import SPECS, write_model
+
+GREEDY = SamplingParams(temperature=0.0)
+CODE = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef add(a, b):\n"
+PROMPTS = [CODE, "The capital of France is", "1, 2, 3, 4, 5, 6,", "Once upon a time, in a land far away,"]
+PROMPT = [100, 101, 102]  # synthetic ids: the target gives the draft's argmax p = 0.24 next
+SAMPLES = 4000
+SIGNIFICANCE = 1e-3  # the chi-square tests reject a distribution at p < 1e-3 (fixed seeds: deterministic)
+
+
+def request(tok, i, text, max_tokens=16, **kw) -> AdapterForwardConfig:
+    kw.setdefault("sampling", GREEDY)
+    kw.setdefault("ignore_eos", True)
+    ids = tuple(tok.encode(text)) if isinstance(text, str) else tuple(text)
+    return AdapterForwardConfig(request_id=f"r{i}", prompt_ids=ids, max_tokens=max_tokens, **kw)
+
+
+def run(engine: Engine, configs, check=None) -> dict:
+    """(request id, index) -> (token ids, text, finish reason); check(engine) after every step."""
+    for c in configs:
+        engine.add_request(c)
+    out: dict = {}
+    for _ in range(10_000):
+        if not engine.has_unfinished():
+            break
+        for ev in engine.step():
+            ids, text, _ = out.get((ev.request_id, ev.index), ([], "", None))
+            assert len(ev.token_ids) == ev.completion_tokens - len(ids)
+            out[(ev.request_id, ev.index)] = (ids + ev.token_ids, text + ev.text, ev.finish_reason)
+        if check is not None:
+            check(engine)
+    assert not engine.has_unfinished()
+    return out
+
+
+def engines(loaded, draft=None, **kw):
+    """A plain engine and one that speculates (a draft model when given, else n-gram lookup)."""
+    base = dict(kv_cache_tokens=2048, max_num_seqs=8, block_size=8) | kw
+    plain = Engine(loaded, EngineConfig(**base))
+    spec = Engine(loaded, EngineConfig(**base, ngram_draft=draft is None), draft=draft)
+    return plain, spec
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> tuple[LoadedModel, LoadedModel]:
+    """A tiny 2-layer llama target and its first layer alone as the draft (the same embedding, tied to the
+    output): the draft's argmax is the target's on some prompts and not on others."""
+    d = tmp_path_factory.mktemp("spec")
+    first_layer = replace(SPECS["llama"], name="llama-first-layer", layers=1)
+    return LoadedModel.load(write_model(SPECS["llama"], d)), LoadedModel.load(write_model(first_layer, d))
+
+
+@pytest.fixture(scope="module")
+def cpu(smollm2_path) -> InferenceAdapter:
+    return InferenceAdapter.load(smollm2_path, backend=BackendConfig(name="cpu", kv_cache_dtype="f16"))
+
+
+# -- greedy identity ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("proposer", ["ngram", "self-draft"])
+def test_greedy_equals_plain_decoding_alone_and_batched(smol, proposer):
+    tok = smol.tokenizer
+    plain, spec = engines(smol.loaded, smol.loaded if proposer == "self-draft" else None)
+    want = run(plain, [request(tok, i, p) for i, p in enumerate(PROMPTS)])
+    alone = run(spec, [request(tok, 0, PROMPTS[0])])
+    assert alone[("r0", 0)] == want[("r0", 0)]
+    batched = run(spec, [request(tok, i, p) for i, p in enumerate(PROMPTS)])
+    assert batched == want
+    s = spec.stats()
+    assert s.draft_tokens_accepted > 0 and s.kv_blocks_used == 0
+    if proposer == "self-draft":  # a model drafting for itself is always right
+        assert s.draft_tokens_accepted == s.draft_tokens_proposed
+    assert spec.proposer is not None and not getattr(spec.proposer, "_seqs", {})  # released
+
+
+@pytest.mark.parametrize("proposer", ["ngram", "self-draft"])
+def test_greedy_equals_plain_decoding_on_the_cpu_backend(cpu, proposer):
+    """The cpu backend's rows that want logits run one float32 path whatever the batch: exact here too."""
+    tok = cpu.tokenizer
+    plain, spec = engines(cpu.loaded, cpu.loaded if proposer == "self-draft" else None)
+    configs = [request(tok, i, p, max_tokens=12) for i, p in enumerate(PROMPTS[:3])]
+    assert run(spec, configs) == run(plain, configs)
+    assert spec.stats().draft_tokens_accepted > 0
+
+
+def test_a_different_draft_is_rejected_yet_greedy_output_is_the_targets(synthetic):
+    target, draft = synthetic
+    plain, spec = engines(target, draft, max_num_seqs=4)
+    prompts = [[5, 9, 13, 17, 21, 9, 13], [100, 101, 102], [40] * 6, [7, 77, 177, 27]]
+    configs = [request(target.tokenizer, i, p, max_tokens=20) for i, p in enumerate(prompts)]
+    assert run(spec, configs) == run(plain, configs)
+    s = spec.stats()
+    assert 0 < s.draft_tokens_accepted < s.draft_tokens_proposed  # some kept, some rolled back
+
+
+# -- KV rollback, prefix cache, stops ---------------------------------------------------------------
+
+
+def test_rejected_tokens_blocks_are_freed_and_the_prefix_cache_stays_right(synthetic):
+    target, draft = synthetic
+    plain, spec = engines(target, draft, block_size=4)
+    prompt = list(range(30, 58))  # 7 full blocks of 4
+
+    def tables_end_at_the_sequence(engine):
+        for s in engine.scheduler.running:  # no block past the last token is kept between steps
+            assert -(-s.num_computed // 4) <= len(s.block_table) <= -(-s.num_tokens // 4), s.num_tokens
+
+    free_at_start = spec.blocks.num_free
+    first = run(spec, [request(target.tokenizer, 0, prompt, max_tokens=30)], tables_end_at_the_sequence)
+    assert spec.blocks.num_free == free_at_start
+    # the same prompt again comes from the prefix cache (blocks registered from accepted tokens only)
+    again = run(spec, [request(target.tokenizer, 1, prompt + first[("r0", 0)][0][:13], max_tokens=20)])
+    assert spec.stats().cached_prompt_tokens >= 28 + 12
+    want = run(plain, [request(target.tokenizer, 1, prompt + first[("r0", 0)][0][:13], max_tokens=20)])
+    assert again == want
+    assert spec.blocks.num_free == free_at_start and spec.stats().draft_tokens_accepted > 0
+
+
+@pytest.mark.parametrize("proposer", ["ngram", "self-draft"])
+def test_stop_strings_eos_and_max_tokens_cut_where_plain_decoding_does(smol, proposer):
+    tok = smol.tokenizer
+    plain, spec = engines(smol.loaded, smol.loaded if proposer == "self-draft" else None)
+    full = run(plain, [request(tok, 0, CODE, max_tokens=24)])[("r0", 0)]
+    text = full[1]
+    stop = text[len(text) // 2 : len(text) // 2 + 3]  # a stop string inside what the proposals run over
+    chat = tok.encode(
+        smol.chat_template.render([{"role": "user", "content": "Say hello."}]),
+        allow_special=True,
+        add_bos=False,
+    )
+    configs = [
+        request(tok, 0, CODE, max_tokens=24, stop=(stop,)),
+        request(tok, 1, CODE, max_tokens=24, stop=(stop,), include_stop_str_in_output=True),
+        request(tok, 2, CODE, max_tokens=7),
+        request(tok, 3, CODE, max_tokens=24, stop_token_ids=(full[0][9],)),  # an id as EOS, mid-run
+        request(tok, 4, chat, max_tokens=40, ignore_eos=False),  # ends on the model's EOS
+    ]
+    got, want = run(spec, configs), run(plain, configs)
+    assert got == want
+    assert want[("r0", 0)][2] == "stop" and stop not in want[("r0", 0)][1]
+    assert len(want[("r2", 0)][0]) == 7 and want[("r2", 0)][2] == "length"
+    assert len(want[("r3", 0)][0]) <= 10 and want[("r3", 0)][2] == "stop"
+    assert want[("r4", 0)][2] == "stop" and want[("r4", 0)][0][-1] in tok.eog_ids
+    s = spec.stats()
+    assert s.draft_tokens_accepted > 0 if proposer == "self-draft" else s.draft_tokens_proposed > 0
+
+
+def test_logprobs_are_the_targets(smol):
+    tok = smol.tokenizer
+    plain, spec = engines(smol.loaded, smol.loaded)
+    c = request(tok, 0, CODE, max_tokens=10, sampling=SamplingParams(temperature=0.0, logprobs=3))
+    events = {}
+    for engine in (plain, spec):
+        engine.add_request(c)
+        lps = []
+        while engine.has_unfinished():
+            for ev in engine.step():
+                lps += ev.logprobs
+        events[engine is spec] = lps
+    got, want = events[True], events[False]
+    assert len(got) == 10 and [_ids(x) for x in got] == [_ids(x) for x in want]
+    values = [[v.logprob for x in lps for v in (x.chosen, *x.top)] for lps in (got, want)]
+    assert np.allclose(*values, atol=1e-5)  # numpy's float32 sums differ with the batch's rows
+
+
+def _ids(lp):
+    return lp.chosen.token_id, [t.token_id for t in lp.top]
+
+
+def test_structured_output_with_speculation_equals_plain(smol):
+    """Proposals are checked against the grammar before they run; the matcher moves through accepted
+    tokens only (a rejected proposal would otherwise leave it in a wrong state and the output would fail
+    to parse or differ)."""
+    tok = smol.tokenizer
+    plain, spec = engines(smol.loaded, smol.loaded)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}}
+    grammar = GrammarSpec(kind="json_schema", source=json.dumps(schema))
+    configs = [
+        request(tok, 0, 'JSON: {"a": 1, "b": "x"}\nJSON:', max_tokens=16, grammar=grammar, ignore_eos=False),
+        request(tok, 1, CODE, max_tokens=16, grammar=GrammarSpec(kind="regex", source=r"def [a-z]+\(a, b\):"),
+                ignore_eos=False),
+    ]  # fmt: skip
+    got = run(spec, configs)
+    assert got == run(plain, configs)
+    assert got[("r1", 0)][1] == "def add(a, b):" or got[("r1", 0)][1].startswith("def ")
+    assert spec.stats().draft_tokens_proposed > 0
+
+
+# -- sampling: seeds and the target's distribution ----------------------------------------------------
+
+
+def test_seeds_are_reproducible_with_speculation(synthetic):
+    """The rejection step draws from each sequence's own seeded Generator: the same seed, the same output."""
+    target, draft = synthetic
+    sampling = SamplingParams(temperature=0.8, top_p=0.95, seed=7)
+    outs = []
+    for _ in range(2):
+        _, spec = engines(target, draft)
+        outs.append(run(spec, [request(target.tokenizer, 0, PROMPT, max_tokens=20, n=3, sampling=sampling)]))
+        assert 0 < spec.stats().draft_tokens_accepted < spec.stats().draft_tokens_proposed
+    assert outs[0] == outs[1]
+    assert len({tuple(v[0]) for v in outs[0].values()}) > 1  # the choices differ from each other
+
+
+def _sampled_pairs(target, draft) -> list[tuple[int, int]]:
+    """The first two output tokens of SAMPLES sequences (temperature 1, seeds 0, 1, ...). The first is
+    sampled after the prefill as without speculation; the second is the verified one (the draft
+    proposes it, the target accepts or corrects it)."""
+    config = EngineConfig(kv_cache_tokens=4096, max_num_seqs=64, block_size=8, draft_token_budget=128)
+    engine = Engine(target, config, draft=draft)
+    pairs = []
+    for start in range(0, SAMPLES, 64):
+        configs = [
+            request(target.tokenizer, i, PROMPT, max_tokens=3, sampling=SamplingParams(seed=i))
+            for i in range(start, min(start + 64, SAMPLES))
+        ]
+        pairs += [tuple(ids[:2]) for ids, _, _ in run(engine, configs).values()]
+    s = engine.stats()
+    assert s.draft_tokens_proposed == SAMPLES and 0 < s.draft_tokens_accepted < SAMPLES  # each 2nd token
+    return pairs
+
+
+def _target_pair_probs(target) -> dict[tuple[int, int], float]:
+    """p(t1) p(t2 | t1) from the target's own forward, for the pairs expected at least 5 times in SAMPLES."""
+    adapter, cells = InferenceAdapter(target), {}
+    first = _probs(adapter, PROMPT)
+    for t1 in np.flatnonzero(first * SAMPLES >= 5):
+        second = first[t1] * _probs(adapter, [*PROMPT, int(t1)])
+        cells |= {(int(t1), int(t2)): float(second[t2]) for t2 in np.flatnonzero(second * SAMPLES >= 5)}
+    return cells
+
+
+def _probs(adapter, prompt) -> np.ndarray:
+    """[V] the distribution temperature 1 samples from after `prompt`."""
+    n = adapter.tokenizer.vocab_size
+    state = SequenceSampling(SamplingParams(temperature=1.0), prompt, n)
+    return sampling_probs(process_logits(adapter.prefill(prompt)[None, :n], [state])[0], state.params)
+
+
+def _chi_square_p(pairs: list[tuple[int, int]], cells: dict[tuple[int, int], float]) -> float:
+    """p-value of Pearson's chi-square of the pairs against the cells' probabilities, the rest pooled in
+    one cell. Its survival function is the regularized upper incomplete gamma Q(df / 2, chi2 / 2)."""
+    seen = {c: 0 for c in cells}
+    for pair in pairs:
+        if pair in seen:
+            seen[pair] += 1
+    obs = np.array([*seen.values(), len(pairs) - sum(seen.values())], np.float64)
+    exp = np.array([*cells.values(), 1.0 - sum(cells.values())]) * len(pairs)
+    chi2, df = float(((obs - exp) ** 2 / exp).sum()), obs.size - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(chi2 / 2)))
+
+
+def test_sampled_tokens_follow_the_targets_distribution(synthetic):
+    """The first two tokens over 4000 seeds against the target's p(t1) p(t2 | t1), chi-square at p > 1e-3
+    (the draft's argmax is often rejected: the correction step draws many of the second tokens)."""
+    target, draft = synthetic
+    p = _chi_square_p(_sampled_pairs(target, draft), _target_pair_probs(target))
+    assert p > SIGNIFICANCE, f"p = {p:.2e}: speculative samples do not follow the target"
+
+
+def test_without_the_correction_step_the_distribution_test_fails(synthetic, monkeypatch):
+    """The test above can fail: sampling from p itself after a rejection (no correction) puts too much
+    mass on the draft's tokens, and the same chi-square rejects it."""
+    target, draft = synthetic
+    monkeypatch.setattr(verify, "corrected_sample", lambda p, _, rng: verify.inverse_cdf(p, rng.random()))
+    p = _chi_square_p(_sampled_pairs(target, draft), _target_pair_probs(target))
+    assert p < SIGNIFICANCE, f"p = {p:.2e}: the test cannot tell a wrong sampler"
+
+
+# -- proposers, vocabulary, load ---------------------------------------------------------------------
+
+
+def test_ngram_lookup_takes_the_latest_longest_match():
+    assert ngram_lookup([1, 2, 3, 4, 1, 2, 3], 3) == [4, 1, 2]
+    assert ngram_lookup([1, 2, 3, 9, 2, 3, 7, 2, 3], 2) == [7, 2]  # the latest of two matches
+    assert ngram_lookup([8, 2, 3, 5, 9, 3], 3) == [5, 9, 3]  # no 3- or 2-gram: the 1-gram [3]
+    assert ngram_lookup([1, 2, 1, 2, 1, 2], 4) == [1, 2]  # up to the end
+    assert ngram_lookup([5, 6, 7], 3) == [] and ngram_lookup([1], 3) == []
+
+
+def test_a_draft_with_another_vocabulary_stops_start_up(smol, synthetic):
+    target, draft = synthetic
+    with pytest.raises(DraftModelError, match="the target has 49152 tokens, the draft 273"):
+        Engine(smol.loaded, EngineConfig(kv_cache_tokens=512), draft=draft)
+
+
+def test_k_goes_down_then_off_as_the_batch_grows(smol):
+    config = EngineConfig(num_draft_tokens=4, draft_token_budget=8)
+    assert [config.draft_len(n) for n in (1, 2, 3, 4, 8, 9, 16)] == [4, 4, 2, 2, 1, 0, 0]
+    _, spec = engines(smol.loaded, smol.loaded, max_num_seqs=16, draft_token_budget=8)
+    run(spec, [request(smol.tokenizer, i, CODE, max_tokens=4) for i in range(16)])
+    assert spec.stats().draft_tokens_proposed == 0  # 16 decoding at once: no speculation
