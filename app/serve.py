@@ -102,14 +102,26 @@ def served_model(settings: Settings, path: Path) -> ServedModel:
     )
 
 
-def model_path(settings: Settings, startup: Startup) -> Path:
-    """The GGUF file: a local path as is, a registry model from the cache or fetched (progress in the
-    log and in /health)."""
-    if settings.model not in MODELS:
-        return local_model(settings.model)
-    startup.set("fetching", f"{settings.model}: looking in the cache")
-    progress = ProgressLog(settings.model, on_text=lambda text: startup.set("fetching", text))
-    return fetch_model(settings.model, progress=progress)
+def check_draft_vocabulary(model: ServedModel, draft: Path) -> None:
+    """Start-up stops (DraftModelError) when the draft's vocabulary is not the model's: what differs."""
+    from inference.errors import DraftModelError
+    from inference.gguf.loader import load_gguf
+    from inference.text.tokenizer import Tokenizer
+    from inference.text.vocab_compare import vocabulary_difference
+
+    diff = vocabulary_difference(model.tokenizer, Tokenizer.from_metadata(load_gguf(draft).metadata))
+    if diff is not None:
+        raise DraftModelError(f"the draft model {draft.name} cannot draft for {model.name}: {diff}")
+
+
+def model_path(name: str, startup: Startup) -> Path:
+    """The GGUF file of a model setting: a local path as is, a registry model from the cache or fetched
+    (progress in the log and in /health)."""
+    if name not in MODELS:
+        return local_model(name)
+    startup.set("fetching", f"{name}: looking in the cache")
+    progress = ProgressLog(name, on_text=lambda text: startup.set("fetching", text))
+    return fetch_model(name, progress=progress)
 
 
 def loader(settings: Settings, metrics: Metrics) -> Loader:
@@ -117,9 +129,12 @@ def loader(settings: Settings, metrics: Metrics) -> Loader:
     client (whose start() then spawns the worker)."""
 
     def load(startup: Startup) -> tuple[ServedModel, EngineClient]:
-        path = model_path(settings, startup)
+        path = model_path(settings.model, startup)
+        draft = model_path(settings.draft_model, startup) if settings.draft_model else None
         startup.set("loading", f"reading the tokenizer and chat template of {path.name}")
         model = served_model(settings, path)
+        if draft is not None:
+            check_draft_vocabulary(model, draft)
         engine = EngineClient(
             path,
             backend=BackendConfig(
@@ -131,7 +146,7 @@ def loader(settings: Settings, metrics: Metrics) -> Loader:
             log_level=settings.log_level,
             stream_buffer_events=settings.stream_buffer_events,
             stall_timeout_s=settings.worker_stall_timeout_s,
-            engine_config=engine_config(settings),
+            engine_config=engine_config(settings, "" if draft is None else str(draft)),
         )
         startup.set("loading", f"starting the worker process for {path.name}")
         return model, engine
@@ -139,13 +154,18 @@ def loader(settings: Settings, metrics: Metrics) -> Loader:
     return load
 
 
-def engine_config(settings: Settings) -> EngineConfig:
+def engine_config(settings: Settings, draft_path: str = "") -> EngineConfig:
+    """The engine's part of the settings; `draft_path`: the draft model's file, fetched."""
     return EngineConfig(
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         block_size=settings.block_size,
         kv_cache_tokens=settings.kv_cache_tokens,
         prefix_caching=settings.prefix_caching,
+        draft_model=draft_path,
+        ngram_draft=settings.ngram_draft,
+        num_draft_tokens=settings.num_draft_tokens,
+        draft_token_budget=settings.draft_token_budget,
     )
 
 
@@ -154,8 +174,9 @@ def build(settings: Settings) -> DrainingServer:
     missing local model file); the fetch and the model's metadata come after the server listens."""
     if settings.cache_dir:  # the registry reads the cache location from the environment
         os.environ["GGUF_SERVE_CACHE_DIR"] = settings.cache_dir
-    if settings.model not in MODELS:
-        local_model(settings.model)  # FetchError now, not after listening
+    for name in (settings.model, settings.draft_model):
+        if name and name not in MODELS:
+            local_model(name)  # FetchError now, not after listening
     metrics = Metrics(served_name(settings))
     load = loader(settings, metrics)
 

@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kv_cache_tokens: PositiveInt = 32768
     block_size: PositiveInt = 16
     prefix_caching: bool = True
+    draft_model: str = ""  # speculative decoding: a registry name or .gguf path; "" = none
+    ngram_draft: bool = False  # speculative decoding by prompt lookup (not with draft_model)
+    num_draft_tokens: PositiveInt = 4
+    draft_token_budget: Annotated[int, msgspec.Meta(ge=0)] = 8
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     request_timeout_s: PositiveFloat = 600.0
     stream_idle_timeout_s: PositiveFloat = 30.0
@@ -109,7 +113,17 @@ def load_settings(
     except ValueError as exc:
         named = [f"{k} from {origin.get(k, 'the default')}" for k in ("kv_cache_tokens", "block_size")]
         raise SettingsError(f"invalid settings: {exc} ({'; '.join(named)})") from None
+    _check_one_proposer(settings, origin)
     return _with_api_key(settings, origin)
+
+
+def _check_one_proposer(settings: Settings, origin: dict[str, str]) -> None:
+    """Speculative decoding has one proposer: a draft model or n-gram lookup."""
+    if settings.draft_model and settings.ngram_draft:
+        raise SettingsError(
+            f"set draft_model ({origin.get('draft_model')}) or ngram_draft ({origin.get('ngram_draft')}), "
+            "not both: speculative decoding uses one proposer"
+        )
 
 
 # Keys that ship as examples (.env.example): a server started with one is open to anyone who read them.
@@ -227,10 +241,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for name in FIELDS:
         default = getattr(defaults, name)
+        switch = isinstance(default, bool)  # `--ngram-draft` alone means true; `--ngram-draft false` works
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             default=None,
+            nargs="?" if switch else None,
+            const="true" if switch else None,
             metavar="SECONDS" if name.endswith("_s") else name.split("_")[-1].upper(),
             help=f"{_HELP[name]} (default {default!r}; env {ENV_PREFIX}{name.upper()})",
         )
@@ -253,6 +270,10 @@ _HELP = {  # one line each for --help; config/default.toml explains every settin
     "kv_cache_tokens": "KV-cache capacity in tokens",
     "block_size": "tokens per KV-cache block",
     "prefix_caching": "reuse the KV of earlier prompts' full blocks (true | false)",
+    "draft_model": "speculative decoding: a smaller model with the same vocabulary proposes tokens",
+    "ngram_draft": "speculative decoding: prompt lookup (n-gram continuation) proposes tokens",
+    "num_draft_tokens": "tokens proposed per sequence per step (at most)",
+    "draft_token_budget": "tokens proposed per step over all sequences: K falls as the batch grows",
     "max_body_bytes": "largest request body (413 beyond)",
     "request_timeout_s": "abort a request running longer than this",
     "stream_idle_timeout_s": "abort a request whose client has read nothing of its response for this long",

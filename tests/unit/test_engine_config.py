@@ -43,3 +43,17 @@ def test_api_process_does_not_import_the_engine():
     code = "import sys, app.serve; print('inference.engine.engine' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_speculative_settings_reach_the_engine_config():
+    settings = Settings(model="m.gguf", ngram_draft=True, num_draft_tokens=6, draft_token_budget=12)
+    got = engine_config(settings)
+    assert (got.ngram_draft, got.num_draft_tokens, got.draft_token_budget, got.draft_model) == (
+        True,
+        6,
+        12,
+        "",
+    )
+    assert (
+        engine_config(Settings(draft_model="d"), "/m/d.gguf").draft_model == "/m/d.gguf"
+    )  # the fetched file
