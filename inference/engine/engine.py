@@ -215,13 +215,14 @@ class Engine:
 
     def _propose(self) -> dict[int, list[int]]:
         """seq_id -> proposed next tokens of each decoding sequence, k of them at most: fewer as more
-        sequences decode (config.draft_token_budget over all), none past max_tokens or the context, and
-        only as many as the grammar of a structured output allows."""
+        sequences decode (config.draft_token_budget over all) and for a sequence whose last proposals
+        were rejected (Sequence.draft_len), none past max_tokens or the context, and only as many as the
+        grammar of a structured output allows."""
         if self.proposer is None:
             return {}
         decoding = [s for s in self.scheduler.running if s.num_pending <= 1 and not s.wants_prompt_logprobs]
         k = self.config.draft_len(len(decoding))
-        wanted = [(s, min(k, self._room(s))) for s in decoding]
+        wanted = [(s, min(k, s.draft_len or k, self._room(s))) for s in decoding]
         wanted = [(s, n) for s, n in wanted if n > 0]
         if not wanted:
             return {}
@@ -253,6 +254,7 @@ class Engine:
             s.num_computed += 1  # the accepted proposal's KV, computed in this step
         self.num_draft_proposed += len(draft)
         self.num_draft_accepted += accepted
+        s.draft_len = _next_draft_len(s.draft_len or len(draft), accepted == len(draft), self.config)
         if s.finish_reason is None:
             self.scheduler.register_computed(s)
             self.blocks.truncate(s.block_table, s.num_tokens)
@@ -311,6 +313,12 @@ class Engine:
         group = self._by_request.get(s.request_id, [])
         if all(x.finish_reason is not None for x in group):
             self._by_request.pop(s.request_id, None)
+
+
+def _next_draft_len(k: int, all_accepted: bool, config: EngineConfig) -> int:
+    """A sequence's next proposal length (transformers' "heuristic" schedule for assisted generation):
+    2 more after all were accepted, up to num_draft_tokens; 1 fewer after a rejection, down to 1."""
+    return min(k + 2, config.num_draft_tokens) if all_accepted else max(k - 1, 1)
 
 
 def _merged(events: list[TokenEvent]) -> TokenEvent:

@@ -35,6 +35,7 @@ class Sequence:
         self.hashes: list[BlockHash] = []  # prefix-cache hashes of token_ids' full blocks, as far as needed
         self.num_registered = 0  # leading blocks of block_table registered in the prefix cache
         self.num_cached_prompt = 0  # prompt tokens the prefix cache supplied when the sequence started
+        self.draft_len = 0  # speculative decoding: tokens to propose next (0: not yet verified, the most)
 
     @property
     def request_id(self) -> str:

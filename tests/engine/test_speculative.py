@@ -312,3 +312,31 @@ def test_k_goes_down_then_off_as_the_batch_grows(smol):
     _, spec = engines(smol.loaded, smol.loaded, max_num_seqs=16, draft_token_budget=8)
     run(spec, [request(smol.tokenizer, i, CODE, max_tokens=4) for i in range(16)])
     assert spec.stats().draft_tokens_proposed == 0  # 16 decoding at once: no speculation
+
+
+class _AlwaysWrong:
+    """Proposes token 0 (never SmolLM2's greedy choice after the test prompt) as often as asked."""
+
+    def __init__(self):
+        self.asked: list[int] = []
+
+    def propose(self, wanted):
+        self.asked += [k for _, k in wanted]
+        return {s.seq_id: [0] * k for s, k in wanted}
+
+    def release(self, seq):
+        pass
+
+
+def test_a_sequence_whose_proposals_fail_proposes_fewer(smol):
+    """K per sequence: 1 fewer after a rejection, down to 1; a self-draft (always right) stays at K."""
+    plain, spec = engines(smol.loaded)
+    spec.proposer = wrong = _AlwaysWrong()
+    configs = [request(smol.tokenizer, 0, CODE, max_tokens=8)]
+    assert run(spec, configs) == run(plain, configs)
+    assert wrong.asked == [4, 3, 2, 1, 1, 1]  # the last step has room for none (max_tokens)
+    _, right = engines(smol.loaded, smol.loaded)
+    run(right, [request(smol.tokenizer, 0, CODE, max_tokens=16)])
+    assert (
+        right.stats().draft_tokens_proposed == right.stats().draft_tokens_accepted == 3 * 4
+    )  # 16 = 1 + 3 (4 + 1)
