@@ -334,3 +334,18 @@ def test_a_sequence_whose_proposals_fail_proposes_fewer(cpu):
     assert (
         right.stats().draft_tokens_proposed == right.stats().draft_tokens_accepted == 3 * 4
     )  # 16 = 1 + 3 (4 + 1)
+
+
+def test_chunked_prefill_preemption_and_n_beside_verification(synthetic):
+    """Verifying rows share forwards with prefill chunks (7 tokens a step), a cache of 12 blocks of 4
+    preempts, n = 2 choices fork, the prefix cache serves a repeated prompt: greedy output as plain."""
+    target, draft = synthetic
+    tight = dict(max_num_batched_tokens=7, block_size=4, kv_cache_tokens=48, max_num_seqs=4)
+    prompts = [list(range(30, 44)), [100, 101, 102], list(range(30, 44)), [7, 77, 177, 27, 7, 77]]
+    configs = [request(target.tokenizer, i, p, max_tokens=14, n=1 + i % 2) for i, p in enumerate(prompts)]
+    want = run(Engine(target, EngineConfig(max_num_batched_tokens=512, kv_cache_tokens=2048)), configs)
+    spec = Engine(target, EngineConfig(**tight), draft=draft)
+    assert run(spec, configs) == want
+    s = spec.stats()
+    assert s.preemptions > 0 and s.cached_prompt_tokens > 0 and 0 < s.draft_tokens_accepted
+    assert s.kv_blocks_used == 0 and not spec.proposer._seqs
