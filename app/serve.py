@@ -166,6 +166,7 @@ def engine_config(settings: Settings, draft_path: str = "") -> EngineConfig:
         ngram_draft=settings.ngram_draft,
         num_draft_tokens=settings.num_draft_tokens,
         draft_token_budget=settings.draft_token_budget,
+        draft_p_min=settings.draft_p_min,
     )
 
 

@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ngram_draft: bool = False  # speculative decoding by prompt lookup (not with draft_model)
     num_draft_tokens: PositiveInt = 4
     draft_token_budget: Annotated[int, msgspec.Meta(ge=0)] = 8
+    draft_p_min: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.75
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     request_timeout_s: PositiveFloat = 600.0
     stream_idle_timeout_s: PositiveFloat = 30.0
@@ -274,6 +275,7 @@ _HELP = {  # one line each for --help; config/default.toml explains every settin
     "ngram_draft": "speculative decoding: prompt lookup (n-gram continuation) proposes tokens",
     "num_draft_tokens": "tokens proposed per sequence per step (at most)",
     "draft_token_budget": "tokens proposed per step over all sequences: K falls as the batch grows",
+    "draft_p_min": "the draft model proposes a token only if it gives it at least this probability",
     "max_body_bytes": "largest request body (413 beyond)",
     "request_timeout_s": "abort a request running longer than this",
     "stream_idle_timeout_s": "abort a request whose client has read nothing of its response for this long",

@@ -17,6 +17,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     ngram_draft: bool = False
     num_draft_tokens: int = 4
     draft_token_budget: int = 8  # proposed tokens per step over all decoding sequences (0: none)
+    draft_p_min: float = 0.75  # the draft model stops proposing at a token it gives less (llama.cpp's p_min)
 
     def draft_len(self, num_decoding: int) -> int:
         """Tokens to propose per sequence when num_decoding sequences decode: num_draft_tokens while the

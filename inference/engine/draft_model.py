@@ -1,6 +1,6 @@
 """The draft model of speculative decoding: a smaller model with the target's vocabulary, in the same worker
 with its own KV cache, proposing each sequence's next k tokens (its argmax, one forward per token over
-every sequence at once)."""
+every sequence at once) while it is confident of them (probability >= draft_p_min, as llama.cpp's p_min)."""
 
 from collections.abc import Sequence as Seq
 
@@ -61,6 +61,7 @@ class DraftModelProposer:
         self.runner = ModelRunner(draft, num_blocks, config.block_size)
         self.blocks = BlockManager(num_blocks, config.block_size, prefix_caching=False)
         self.batch_tokens = config.max_num_batched_tokens
+        self.p_min = config.draft_p_min
         self.num_tokens = target_tokenizer.vocab_size  # ids with a token (the draft's padding excluded)
         self._seqs: dict[int, _DraftSeq] = {}  # target seq_id -> the draft's copy
 
@@ -96,7 +97,12 @@ class DraftModelProposer:
             d.num_computed += item.num_tokens
             if not seq_rows:
                 continue  # a prefill chunk short of the end
-            d.token_ids.append(int(np.argmax(logits[seq_rows[-1], : self.num_tokens])))
+            row = logits[seq_rows[-1], : self.num_tokens]  # [V]
+            best = int(np.argmax(row))
+            if 1.0 / np.exp(row - row[best], dtype=np.float64).sum() < self.p_min:
+                del todo[d.seq_id]  # unsure of it: the proposals end before it
+                continue
+            d.token_ids.append(best)
             todo[d.seq_id] -= 1
             if todo[d.seq_id] == 0:
                 del todo[d.seq_id]

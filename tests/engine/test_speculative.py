@@ -56,7 +56,7 @@ def run(engine: Engine, configs, check=None) -> dict:
 
 def engines(loaded, draft=None, **kw):
     """A plain engine and one that speculates (a draft model when given, else n-gram lookup)."""
-    base = dict(kv_cache_tokens=2048, max_num_seqs=8, block_size=8) | kw
+    base = dict(kv_cache_tokens=2048, max_num_seqs=8, block_size=8, draft_p_min=0.0) | kw
     plain = Engine(loaded, EngineConfig(**base))
     spec = Engine(loaded, EngineConfig(**base, ngram_draft=draft is None), draft=draft)
     return plain, spec
@@ -222,7 +222,9 @@ def _sampled_pairs(target, draft) -> list[tuple[int, int]]:
     """The first two output tokens of SAMPLES sequences (temperature 1, seeds 0, 1, ...). The first is
     sampled after the prefill as without speculation; the second is the verified one (the draft
     proposes it, the target accepts or corrects it)."""
-    config = EngineConfig(kv_cache_tokens=4096, max_num_seqs=64, block_size=8, draft_token_budget=128)
+    config = EngineConfig(
+        kv_cache_tokens=4096, max_num_seqs=64, block_size=8, draft_token_budget=128, draft_p_min=0.0
+    )
     engine = Engine(target, config, draft=draft)
     pairs = []
     for start in range(0, SAMPLES, 64):
@@ -344,8 +346,23 @@ def test_chunked_prefill_preemption_and_n_beside_verification(synthetic):
     prompts = [list(range(30, 44)), [100, 101, 102], list(range(30, 44)), [7, 77, 177, 27, 7, 77]]
     configs = [request(target.tokenizer, i, p, max_tokens=14, n=1 + i % 2) for i, p in enumerate(prompts)]
     want = run(Engine(target, EngineConfig(max_num_batched_tokens=512, kv_cache_tokens=2048)), configs)
-    spec = Engine(target, EngineConfig(**tight), draft=draft)
+    spec = Engine(target, EngineConfig(**tight, draft_p_min=0.0), draft=draft)
     assert run(spec, configs) == want
     s = spec.stats()
     assert s.preemptions > 0 and s.cached_prompt_tokens > 0 and 0 < s.draft_tokens_accepted
     assert s.kv_blocks_used == 0 and not spec.proposer._seqs
+
+
+def test_the_draft_proposes_only_what_it_is_sure_of(synthetic, tmp_path):
+    """draft_p_min: an unrelated random draft (tiny qwen2: its argmax has p < 0.5 mostly) proposes fewer
+    tokens at 0.5 than at 0 and none at 1; the output is the target's throughout."""
+    target, _ = synthetic
+    unsure = LoadedModel.load(write_model(SPECS["qwen2"], tmp_path))
+    configs = [request(target.tokenizer, i, p, max_tokens=12) for i, p in enumerate([[5, 9, 13], [40] * 6])]
+    want = run(Engine(target, EngineConfig(kv_cache_tokens=2048)), configs)
+    proposed = []
+    for p_min in (0.0, 0.5, 1.0):
+        _, spec = engines(target, unsure, draft_p_min=p_min)
+        assert run(spec, configs) == want
+        proposed.append(spec.stats().draft_tokens_proposed)
+    assert proposed[0] > proposed[1] > proposed[2] == 0, proposed
