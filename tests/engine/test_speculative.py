@@ -366,3 +366,26 @@ def test_the_draft_proposes_only_what_it_is_sure_of(synthetic, tmp_path):
         assert run(spec, configs) == want
         proposed.append(spec.stats().draft_tokens_proposed)
     assert proposed[0] > proposed[1] > proposed[2] == 0, proposed
+
+
+def test_penalties_and_logit_bias_see_the_accepted_tokens_only(cpu):
+    """Each verified row is processed with the counts of the tokens accepted before it: with repetition,
+    frequency and presence penalties and a logit_bias the greedy output is still plain decoding's. An
+    abort mid-run frees the sequence's blocks and the draft's copy of it."""
+    tok = cpu.tokenizer
+    plain, spec = engines(cpu.loaded, cpu.loaded)
+    sampling = SamplingParams(
+        temperature=0.0, repetition_penalty=1.2, frequency_penalty=0.4, presence_penalty=0.3,
+        logit_bias={tok.encode(" return")[0]: -3.0},
+    )  # fmt: skip
+    configs = [request(tok, i, p, max_tokens=16, sampling=sampling) for i, p in enumerate(PROMPTS[:2])]
+    got = run(spec, configs)
+    assert got == run(plain, configs)
+    unpenalized = run(plain, [request(tok, 0, PROMPTS[0], max_tokens=16)])
+    assert got[("r0", 0)] != unpenalized[("r0", 0)]  # the penalties changed the output
+    assert spec.stats().draft_tokens_accepted > 0
+    spec.add_request(request(tok, 9, CODE, max_tokens=16))
+    for _ in range(3):
+        spec.step()
+    spec.abort("r9")
+    assert spec.stats().kv_blocks_used == 0 and not spec.proposer._seqs and not spec.has_unfinished()
