@@ -1,6 +1,7 @@
 """The draft model of speculative decoding: a smaller model with the target's vocabulary, in the same worker
 with its own KV cache, proposing each sequence's next k tokens (its argmax, one forward per token over
-every sequence at once) while it is confident of them (probability >= draft_p_min, as llama.cpp's p_min)."""
+every sequence at once; a sampled sequence draws from the draft's softmax at its temperature, with its own
+Generator) while it is confident of them (top probability >= draft_p_min, as llama.cpp's p_min)."""
 
 from collections.abc import Sequence as Seq
 
@@ -13,6 +14,8 @@ from ..text.vocab_compare import vocabulary_difference
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner
+from .proposer import Proposal
+from .sampler import inverse_cdf
 from .scheduler import Scheduled
 from .sequence import Sequence
 
@@ -29,6 +32,7 @@ class _DraftSeq:
         self.num_computed = 0
         self.block_table: list[int] = []
         self.num_committed = 0  # leading token_ids known equal to the target sequence's
+        self.probs: list[np.ndarray] = []  # [V] q of each proposal of this step (sampled sequences)
 
     @property
     def num_tokens(self) -> int:
@@ -47,6 +51,7 @@ class _DraftSeq:
         self.num_computed = min(self.num_computed, common, len(target) - 1)
         self.token_ids = list(target)
         self.num_committed = len(target)
+        self.probs = []
 
 
 class DraftModelProposer:
@@ -65,18 +70,23 @@ class DraftModelProposer:
         self.num_tokens = target_tokenizer.vocab_size  # ids with a token (the draft's padding excluded)
         self._seqs: dict[int, _DraftSeq] = {}  # target seq_id -> the draft's copy
 
-    def propose(self, wanted: Seq[tuple[Sequence, int]]) -> dict[int, list[int]]:
+    def propose(self, wanted: Seq[tuple[Sequence, int]]) -> dict[int, Proposal]:
         todo: dict[int, int] = {}  # seq_id -> proposals still to make
         for seq, k in wanted:
             self._seqs.setdefault(seq.seq_id, _DraftSeq(seq.seq_id)).sync(seq.token_ids)
             todo[seq.seq_id] = k
+        sampling = {s.seq_id: s.sampling for s, _ in wanted}
         while todo:
-            self._forward(todo)
-        return {s.seq_id: self._seqs[s.seq_id].token_ids[s.num_tokens :] for s, _ in wanted}
+            self._forward(todo, sampling)
+        return {s.seq_id: self._proposal(s) for s, _ in wanted}
 
-    def _forward(self, todo: dict[int, int]) -> None:
+    def _proposal(self, seq: Sequence) -> Proposal:
+        d = self._seqs[seq.seq_id]
+        return Proposal(d.token_ids[seq.num_tokens :], np.stack(d.probs) if d.probs else None)
+
+    def _forward(self, todo: dict[int, int], sampling: dict) -> None:
         """One draft forward: each sequence runs its pending tokens (a chunk of them, under the token
-        budget), and one that reaches its end appends its argmax as the next proposal."""
+        budget), and one that reaches its end appends its next proposal."""
         items, budget = [], self.batch_tokens
         for seq_id in list(todo):
             d = self._seqs[seq_id]
@@ -97,15 +107,27 @@ class DraftModelProposer:
             d.num_computed += item.num_tokens
             if not seq_rows:
                 continue  # a prefill chunk short of the end
-            row = logits[seq_rows[-1], : self.num_tokens]  # [V]
-            best = int(np.argmax(row))
-            if 1.0 / np.exp(row - row[best], dtype=np.float64).sum() < self.p_min:
+            token = self._pick(d, logits[seq_rows[-1], : self.num_tokens], sampling[d.seq_id])
+            if token is None:
                 del todo[d.seq_id]  # unsure of it: the proposals end before it
                 continue
-            d.token_ids.append(best)
+            d.token_ids.append(token)
             todo[d.seq_id] -= 1
             if todo[d.seq_id] == 0:
                 del todo[d.seq_id]
+
+    def _pick(self, d: _DraftSeq, row: np.ndarray, state) -> int | None:
+        """The next proposal from the draft's logits [V]: the argmax for a greedy sequence, else a draw
+        from softmax(row / T) (its q kept); None when the draft's top probability is under p_min."""
+        if state.greedy:
+            best = int(np.argmax(row))
+            return best if 1.0 / np.exp(row - row[best], dtype=np.float64).sum() >= self.p_min else None
+        q = np.exp((row - row.max()) / state.params.temperature, dtype=np.float64)  # [V]
+        q /= q.sum()
+        if q.max() < self.p_min:
+            return None
+        d.probs.append(q)
+        return inverse_cdf(q, state.rng.random())
 
     def release(self, seq: Sequence) -> None:
         d = self._seqs.pop(seq.seq_id, None)

@@ -44,6 +44,7 @@ class Engine:
         self._by_request: dict[str, list[Sequence]] = {}
         self._grammar_vocab: GrammarVocabulary | None = None  # built by the first constrained request
         self.proposer = self._proposer(draft)
+        self._draft_probs: dict[int, np.ndarray] = {}  # seq_id -> q [k, V] of this step's proposals
         self.num_draft_proposed = 0  # proposed tokens verified, since start
         self.num_draft_accepted = 0
 
@@ -218,6 +219,7 @@ class Engine:
         sequences decode (config.draft_token_budget over all) and for a sequence whose last proposals
         were rejected (Sequence.draft_len), none past max_tokens or the context, and only as many as the
         grammar of a structured output allows."""
+        self._draft_probs = {}
         if self.proposer is None:
             return {}
         decoding = [s for s in self.scheduler.running if s.num_pending <= 1 and not s.wants_prompt_logprobs]
@@ -226,7 +228,9 @@ class Engine:
         wanted = [(s, n) for s, n in wanted if n > 0]
         if not wanted:
             return {}
-        drafts = self.proposer.propose(wanted)
+        proposals = self.proposer.propose(wanted)
+        self._draft_probs = {i: p.probs for i, p in proposals.items() if p.probs is not None}
+        drafts = {i: p.tokens for i, p in proposals.items()}
         for s, _ in wanted:
             if s.sampling.constraint is not None and drafts.get(s.seq_id):
                 draft = drafts[s.seq_id]
@@ -241,11 +245,11 @@ class Engine:
         """Appends the accepted proposals and the token after them (rows [k + 1, V]: the target's logits
         after the last token and after each proposal), stopping where plain decoding would; the KV of
         rejected proposals is dropped and the blocks past the sequence's end are freed."""
-        s, draft = item.seq, item.draft
+        s, draft, q = item.seq, item.draft, self._draft_probs.get(item.seq.seq_id)
         events, accepted = [], 0
         for j, row in enumerate(rows):
             proposed = draft[j] if j < len(draft) else None
-            token = next_token(row, proposed, s.sampling)
+            token = next_token(row, proposed, s.sampling, None if q is None or proposed is None else q[j])
             n_top = s.request.sampling.logprobs
             events.append(self._append(s, token, None if n_top is None else top_logprobs(row, token, n_top)))
             accepted += token == proposed

@@ -1,11 +1,11 @@
 """Proposers for speculative decoding: up to k next tokens per sequence, which the target then verifies.
 
-Both proposers here are deterministic (the n-gram lookup, the draft model's argmax), so a proposal's
-distribution q is a point mass and the rejection step reduces to: accept a proposed token d with
-probability p(d), else sample from p with d removed (verify.py)."""
+A proposal carries the distribution q each token was drawn from (the draft model sampling a sampled
+sequence), or none: the token is deterministic (n-gram lookup, the draft's argmax), q a point mass.
+verify.py accepts d with probability min(1, p(d) / q(d)), else draws from max(p - q, 0)."""
 
 from collections.abc import Sequence as Seq
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -15,8 +15,13 @@ NGRAM_MAX = 3  # prompt lookup matches the last 3 tokens first, then 2, then 1 (
 NGRAM_MIN = 1
 
 
+class Proposal(NamedTuple):
+    tokens: list[int]
+    probs: np.ndarray | None = None  # [len(tokens), V] float64: q of each token; None: point masses
+
+
 class Proposer(Protocol):
-    def propose(self, wanted: Seq[tuple[Sequence, int]]) -> dict[int, list[int]]:
+    def propose(self, wanted: Seq[tuple[Sequence, int]]) -> dict[int, Proposal]:
         """seq_id -> at most k proposed next tokens for each (sequence, k) pair (an empty list: none)."""
         ...
 
@@ -33,8 +38,8 @@ class NgramProposer:
         assert 1 <= n_min <= n_max, (n_min, n_max)
         self.n_max, self.n_min = n_max, n_min
 
-    def propose(self, wanted: Seq[tuple[Sequence, int]]) -> dict[int, list[int]]:
-        return {s.seq_id: ngram_lookup(s.token_ids, k, self.n_max, self.n_min) for s, k in wanted}
+    def propose(self, wanted: Seq[tuple[Sequence, int]]) -> dict[int, Proposal]:
+        return {s.seq_id: Proposal(ngram_lookup(s.token_ids, k, self.n_max, self.n_min)) for s, k in wanted}
 
     def release(self, seq: Sequence) -> None:
         pass

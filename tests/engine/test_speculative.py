@@ -12,7 +12,7 @@ import torch
 from inference.adapter import InferenceAdapter
 from inference.engine import verify
 from inference.engine.engine import Engine, EngineConfig
-from inference.engine.proposer import ngram_lookup
+from inference.engine.proposer import Proposal, ngram_lookup
 from inference.engine.sampler import SequenceSampling, process_logits, sampling_probs
 from inference.errors import DraftModelError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
@@ -264,13 +264,16 @@ def _chi_square_p(pairs: list[tuple[int, int]], cells: dict[tuple[int, int], flo
             seen[pair] += 1
     obs = np.array([*seen.values(), len(pairs) - sum(seen.values())], np.float64)
     exp = np.array([*cells.values(), 1.0 - sum(cells.values())]) * len(pairs)
+    if exp[-1] < 1e-9:  # the cells hold all the mass: no pooled cell
+        obs, exp = obs[:-1], exp[:-1]
     chi2, df = float(((obs - exp) ** 2 / exp).sum()), obs.size - 1
     return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), torch.tensor(chi2 / 2)))
 
 
 def test_sampled_tokens_follow_the_targets_distribution(synthetic):
-    """The first two tokens over 4000 seeds against the target's p(t1) p(t2 | t1), chi-square at p > 1e-3
-    (the draft's argmax is often rejected: the correction step draws many of the second tokens)."""
+    """The first two tokens over 4000 seeds against the target's p(t1) p(t2 | t1), chi-square at p > 1e-3.
+    The draft samples its proposal from its own softmax q, often rejected: the correction step (a draw
+    from max(p - q, 0)) picks many of the second tokens."""
     target, draft = synthetic
     p = _chi_square_p(_sampled_pairs(target, draft), _target_pair_probs(target))
     assert p > SIGNIFICANCE, f"p = {p:.2e}: speculative samples do not follow the target"
@@ -283,6 +286,27 @@ def test_without_the_correction_step_the_distribution_test_fails(synthetic, monk
     monkeypatch.setattr(verify, "corrected_sample", lambda p, _, rng: verify.inverse_cdf(p, rng.random()))
     p = _chi_square_p(_sampled_pairs(target, draft), _target_pair_probs(target))
     assert p < SIGNIFICANCE, f"p = {p:.2e}: the test cannot tell a wrong sampler"
+
+
+def _point_mass_draws(row: np.ndarray, proposed: int, n: int) -> np.ndarray:
+    """[V] counts of next_token over n draws for a deterministic proposal (q a point mass), seed 0."""
+    state = SequenceSampling(SamplingParams(seed=0), [1], row.size)
+    return np.bincount([verify.next_token(row, proposed, state) for _ in range(n)], minlength=row.size)
+
+
+def _counts_p(counts: np.ndarray, probs: np.ndarray) -> float:
+    cells = {(int(i), 0): float(probs[i]) for i in np.flatnonzero(probs * counts.sum() >= 5)}
+    return _chi_square_p([(int(t), 0) for t in np.repeat(np.arange(counts.size), counts)], cells)
+
+
+def test_a_deterministic_proposal_keeps_the_targets_distribution(monkeypatch):
+    """The n-gram path (q a point mass at d): 3000 draws of next_token for a proposal with p(d) = 0.3
+    against p, chi-square p > 1e-3; without the correction (a draw from p after a rejection) p < 1e-3."""
+    logits = np.log(np.array([0.3, 0.25, 0.2, 0.1, 0.1, 0.05], np.float32))
+    probs = np.exp(logits.astype(np.float64)) / np.exp(logits.astype(np.float64)).sum()
+    assert _counts_p(_point_mass_draws(logits, 0, 3000), probs) > SIGNIFICANCE
+    monkeypatch.setattr(verify, "corrected_sample", lambda p, _, rng: verify.inverse_cdf(p, rng.random()))
+    assert _counts_p(_point_mass_draws(logits, 0, 3000), probs) < SIGNIFICANCE
 
 
 # -- proposers, vocabulary, load ---------------------------------------------------------------------
@@ -318,7 +342,7 @@ class _AlwaysWrong:
 
     def propose(self, wanted):
         self.asked += [k for _, k in wanted]
-        return {s.seq_id: [0] * k for s, k in wanted}
+        return {s.seq_id: Proposal([0] * k) for s, k in wanted}
 
     def release(self, seq):
         pass
