@@ -200,6 +200,17 @@ ROUND_TRIP = [
 ]
 
 
+def test_the_clients_own_message_goes_back_with_the_result(client):
+    """The README's flow: the response's message object appended as it is, then the tool's result."""
+    first = create(client, tool_choice="required", parallel_tool_calls=False, max_tokens=40)
+    message = first.choices[0].message
+    (call,) = message.tool_calls
+    messages = [*ASK, message, {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 17}'}]
+    r = create(client, messages=messages, max_tokens=16)
+    assert r.choices[0].message.content or r.choices[0].message.tool_calls
+    assert r.usage.prompt_tokens > first.usage.prompt_tokens + first.usage.completion_tokens
+
+
 def test_a_tool_result_round_trip(client, http):
     r = create(client, messages=ROUND_TRIP, tool_choice="none", max_tokens=24)
     (choice,) = r.choices
