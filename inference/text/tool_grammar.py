@@ -3,12 +3,14 @@
 `required` (or a named function): the output is calls and nothing else. `auto`: free text, and a call
 the model begins (its opening written) must be complete and valid: the grammar lets any text through
 until the opening, then forces `{"name": <one of the tools>, "<key>": <JSON valid for its parameters>}`.
-An opening that is one special token is referenced by id (text tokens can never spell it); an opening
-written in text ends a lazy lexeme, as llguidance's tool-calling example does. A syntax whose calls are
-the whole output (Llama 3.x JSON) allows text that does not start with `{`, or calls.
+An opening that is one special token is referenced by id, and the free text may not spell it in plain
+text tokens (so every opening the parser sees starts a constrained call); an opening written in text ends
+a lazy lexeme, as llguidance's tool-calling example does. A syntax whose calls are the whole output
+(Llama 3.x JSON) allows text that does not start with `{`, or calls.
 """
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +40,6 @@ def tool_lark(req: ToolGrammarRequest) -> str:
         head = _lit(f'{{"name": "{name}", "{s.args_key}": ')
         rules.append(f'call_{i}: {head} args_{i}{" PAST_ID?" if s.id_key else ""} "}}"')
         rules.append(f"args_{i}: {json_rule(dict(parameters))}")
-    rules.append(r"TEXT: /(.|\n)*/")
     if s.id_key:  # the template writes past calls with an id after the arguments: the model may too
         rules.append(f'PAST_ID: /, "{s.id_key}": "[A-Za-z0-9]{{{s.id_chars}}}"/')
     return "\n".join(rules) + "\n"
@@ -49,10 +50,12 @@ def _start(req: ToolGrammarRequest) -> str:
     if req.required:
         return _seq("start:", _open(req), "calls")
     if not s.open:  # the calls are the whole output: text must not start like one
-        return "start: PLAIN | calls\nPLAIN: /([^{](.|\\n)*)?/"
-    if s.open in req.special_ids:
-        return f"start: TEXT | TEXT {_open(req)} calls"
-    return f"start: TEXT | head calls\nhead[lazy]: TEXT {_lit(s.open)}"  # the lazy lexeme ends at the opening
+        return "start: TEXT | calls\nTEXT: /([^{](.|\\n)*)?/"
+    if s.open in req.special_ids:  # any text that does not spell the opening, then the opening token
+        spelt = f"/(?s:.*){re.escape(s.open)}(?s:.*)/"
+        return f"start: TEXT | TEXT {_open(req)} calls\nTEXT: /(?s:.*)/ & ~{spelt}"
+    # any text up to the opening (a lazy lexeme ends at its first match)
+    return f"start: TEXT | head calls\nhead[lazy]: TEXT {_lit(s.open)}\nTEXT: /(.|\\n)*/"
 
 
 def _open(req: ToolGrammarRequest) -> str:

@@ -260,3 +260,18 @@ def test_an_opening_written_in_text_starts_the_grammar_lazily(qwen, syntax):
     good = f'Let me check. {s.open}[{{"name": "get_time", "arguments": {{}}}}]{s.close}'
     assert accepts(qwen, auto, "No call here.") and accepts(qwen, auto, good)
     assert not accepts(qwen, auto, f'Let me check. {s.open}[{{"name": "get_wind"')
+
+
+def test_auto_text_may_not_spell_a_special_opening(qwen):
+    """<tool_call> is one special token in Qwen's vocabulary: free text spelling it in plain tokens would
+    reach the parser as an opening the grammar never constrained, so the grammar refuses it."""
+    tok, vocab = qwen
+    c = vocab.constraint(grammar(qwen, "hermes", False))
+    ids = tok.encode('Let me <tool_call>\n{"name": "nope"}', add_bos=False)  # plain text tokens
+    text = ""
+    for token in ids:
+        if not c.allowed()[token]:
+            break
+        c.advance(token)
+        text += tok.decode([token], at_start=False)
+    assert text.startswith("Let me <tool") and "<tool_call>" not in text
