@@ -3,7 +3,7 @@ that makes every call valid, and the tool-call syntax the output is parsed with.
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -13,6 +13,9 @@ from inference.text.tool_grammar import ToolGrammarRequest, tool_grammar
 from inference.text.tool_syntax import ToolSyntax, syntax_of
 
 from .protocol import AssistantMessage, ChatCompletionRequest, ChatTool, Message, NamedToolChoice
+
+if TYPE_CHECKING:  # translate imports this module
+    from .translate import ServedModel
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}  # a function without `parameters`
 
@@ -24,7 +27,7 @@ class ToolUse:
     grammar: GrammarSpec | None  # None: tool_choice none
 
 
-def tool_use(req: ChatCompletionRequest, model) -> ToolUse | None:
+def tool_use(req: ChatCompletionRequest, model: "ServedModel") -> ToolUse | None:
     """None without tools; RequestError naming the parameter for anything this model cannot honour."""
     if not req.tools:
         if req.tool_choice is not None:
@@ -57,7 +60,7 @@ def tool_use(req: ChatCompletionRequest, model) -> ToolUse | None:
     return ToolUse(definitions, syntax, grammar)
 
 
-def tool_syntax(model) -> ToolSyntax:
+def tool_syntax(model: "ServedModel") -> ToolSyntax:
     """The call syntax of the model's chat template; 400 naming `tools` when it has none we know."""
     template = model.template
     if not template.renders_tools:
@@ -115,7 +118,7 @@ def _special_ids(syntax: ToolSyntax, tokenizer) -> dict[str, int]:
     return {text: i for text, i in ids.items() if i is not None}
 
 
-def check_tool_messages(messages: list[Message], model) -> None:
+def check_tool_messages(messages: list[Message], model: "ServedModel") -> None:
     """Earlier tool calls in the conversation must reach the prompt: the template has to render them."""
     for i, m in enumerate(messages):
         if isinstance(m, AssistantMessage) and m.tool_calls and not model.template.renders_tool_calls:
