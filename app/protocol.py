@@ -168,6 +168,37 @@ class ResponseFormatJSONSchema(_Strict, kw_only=True, tag="json_schema", tag_fie
 ResponseFormat = ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema
 
 
+# -- tools -----------------------------------------------------------------------------------------
+
+FunctionName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]  # OpenAI's rule for function names
+
+
+class FunctionDefinition(_Strict, kw_only=True):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of an object; None: takes no arguments
+    strict: bool | None = None  # the arguments always validate (grammar); strict changes nothing here
+
+
+class ChatTool(_Strict, kw_only=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Strict, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(_Strict, kw_only=True):
+    """tool_choice {"type": "function", "function": {"name": ...}}: that function must be called."""
+
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(_Sampling, kw_only=True):
     """POST /v1/chat/completions."""
 
@@ -185,10 +216,10 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None  # one tier here
     prompt_cache_key: str | None = None  # prefix caching needs no key
     safety_identifier: str | None = None  # like `user`
-    parallel_tool_calls: bool | None = None  # meaningless without tools
-    # Known but not supported (until tool calling is): set, they get 400 naming them (translate checks).
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[ChatTool], Meta(max_length=limits.MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
+    parallel_tool_calls: bool | None = None  # None: true; false: at most one call
+    # Known but not supported: set, they get 400 naming them (translate checks).
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
@@ -291,6 +322,7 @@ class ChatMessageOut(Struct, kw_only=True):
     role: str = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET  # only when the model called tools
 
 
 class ChatChoice(Struct, kw_only=True):
@@ -306,9 +338,24 @@ class ChatCompletionResponse(_Envelope, kw_only=True):
     usage: Usage
 
 
+class FunctionCallDelta(Struct, kw_only=True):
+    name: str | UnsetType = UNSET  # the first delta of a call
+    arguments: str  # a fragment of the arguments' JSON ("" in the first delta)
+
+
+class ToolCallDelta(Struct, kw_only=True):
+    """A piece of one tool call: the first carries index, id, type and name; later ones, arguments."""
+
+    index: int
+    id: str | UnsetType = UNSET
+    type: Literal["function"] | UnsetType = UNSET
+    function: FunctionCallDelta
+
+
 class ChatDelta(Struct, kw_only=True):
     role: str | UnsetType = UNSET  # only in the first chunk of each choice
     content: str | UnsetType = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 
 class ChatChunkChoice(Struct, kw_only=True):

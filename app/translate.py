@@ -8,6 +8,7 @@ import msgspec
 from inference.errors import ContextLengthError, RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
 from inference.text.grammar import GrammarSpec, check_grammar
+from inference.text.tool_syntax import ToolSyntax
 
 from .errors import APIError
 from .protocol import (
@@ -26,6 +27,7 @@ from .protocol import (
     TokenizeResponse,
     ToolMessage,
 )
+from .tool_use import call_arguments, check_tool_messages, tool_use
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class ChatPlan:
     top_logprobs: int | None  # None: no logprobs
     stream: bool
     include_usage: bool
+    tool_syntax: ToolSyntax | None = None  # parse tool calls out of the output with it
 
 
 # -- /v1/completions -------------------------------------------------------------------------------
@@ -218,24 +221,40 @@ def chat_plan(req: ChatCompletionRequest, model: ServedModel, request_id: str) -
         raise RequestError(f"n = {req.n} exceeds this server's max_num_seqs = {model.max_num_seqs}", "n")
     if req.max_tokens is not None and req.max_completion_tokens is not None:
         raise RequestError("set max_completion_tokens or max_tokens, not both", "max_tokens")
-    ids = chat_prompt_ids(req.messages, model)
+    tools = tool_use(req, model)
+    ids = chat_prompt_ids(req.messages, model, tools=tools.definitions if tools else None)
     top = (req.top_logprobs or 0) if req.logprobs else None
     sampling = _sampling(req, model, top)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _max_tokens(requested, len(ids), model, "messages", param)
-    config = _config(req, model, request_id, ids, sampling, max_tokens, grammar=_response_grammar(req))
-    return ChatPlan(request_id, config, top, req.stream, _include_usage(req))
+    grammar = _response_grammar(req)
+    if tools is not None and tools.grammar is not None:
+        if grammar is not None:
+            raise RequestError(
+                "response_format cannot constrain the output while tools may be called; set tool_choice "
+                "to none, or leave response_format out",
+                "response_format",
+            )
+        grammar = tools.grammar
+    config = _config(req, model, request_id, ids, sampling, max_tokens, grammar=grammar)
+    syntax = tools.syntax if tools else None
+    return ChatPlan(request_id, config, top, req.stream, _include_usage(req), syntax)
 
 
 def chat_prompt_ids(
-    messages: list[Message], model: ServedModel, *, add_generation_prompt: bool = True
+    messages: list[Message],
+    model: ServedModel,
+    *,
+    add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """The chat template's text for `messages`, encoded with special tokens (the template adds BOS):
-    only the template's own markup becomes control tokens; the messages' text stays text."""
+    """The chat template's text for `messages` (and `tools`), encoded with special tokens (the template
+    adds BOS): only the template's own markup becomes control tokens; the messages' text stays text."""
     tok = model.tokenizer
+    check_tool_messages(messages, model)
     text, plain = model.template.render_marked(
-        template_messages(messages), tok.specials, add_generation_prompt=add_generation_prompt
+        template_messages(messages), tok.specials, add_generation_prompt=add_generation_prompt, tools=tools
     )
     return tok.encode(text, allow_special=True, add_bos=False, plain_at=plain)
 
@@ -283,17 +302,22 @@ def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
             item["name"] = m.name
         if isinstance(m, AssistantMessage) and m.tool_calls:
             item["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": c.type,
-                    "function": {"name": c.function.name, "arguments": c.function.arguments},
-                }
-                for c in m.tool_calls
+                _template_call(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)
             ]
         if isinstance(m, ToolMessage):
             item["tool_call_id"] = m.tool_call_id
         out.append(item)
     return out
+
+
+def _template_call(call, param: str) -> dict[str, Any]:
+    """An earlier tool call as templates read it: arguments as an object (HF transformers' convention)."""
+    arguments = call_arguments(call.function.arguments, f"{param}.function.arguments")
+    return {
+        "id": call.id,
+        "type": call.type,
+        "function": {"name": call.function.name, "arguments": arguments},
+    }
 
 
 def _content(content: str | list | None, i: int) -> str | list[dict[str, str]] | None:
@@ -314,9 +338,7 @@ def _content(content: str | list | None, i: int) -> str | list[dict[str, str]] |
 
 def _check_chat_unsupported(req: ChatCompletionRequest) -> None:
     unsupported = {
-        "tools": bool(req.tools),
         "functions": bool(req.functions),
-        "tool_choice": req.tool_choice not in (None, "none"),
         "function_call": req.function_call not in (None, "none"),
         "audio": req.audio is not None,
         "modalities": req.modalities not in (None, ["text"]),

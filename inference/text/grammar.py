@@ -60,11 +60,17 @@ def grammar_text(spec: GrammarSpec) -> str:
 
 def _json_grammar(schema) -> str:
     """JSON that validates against schema, after at most MAX_GAP whitespace bytes (SentencePiece models
-    like to start with a space); the schema's own x-guidance options win over ours."""
+    like to start with a space)."""
+    lark = f"start: GAP json\nGAP: /[ \\t\\n\\r]{{0,{MAX_GAP}}}/\njson: {json_rule(schema)}"
+    return llguidance.LLMatcher.grammar_from_lark(lark)
+
+
+def json_rule(schema) -> str:
+    """The Lark body `%json {...}` of JSON that validates against schema, with our whitespace bound and
+    escapes; the schema's own x-guidance options win over ours."""
     if isinstance(schema, dict):
         schema = {**schema, "x-guidance": {**_JSON_DEFAULTS, **schema.get("x-guidance", {})}}
-    lark = f"start: GAP json\nGAP: /[ \\t\\n\\r]{{0,{MAX_GAP}}}/\njson: %json {json.dumps(schema)}"
-    return llguidance.LLMatcher.grammar_from_lark(lark)
+    return f"%json {json.dumps(schema)}"
 
 
 def check_grammar(spec: GrammarSpec) -> None:

@@ -308,7 +308,6 @@ def test_chat_parameters(model):
             seed=3,
             stop="x",
             response_format={"type": "text"},
-            tool_choice="none",
             stream=True,
             stream_options={"include_usage": True},
         ),
@@ -353,8 +352,22 @@ def test_chat_logprobs_without_top(model):
 @pytest.mark.parametrize(
     ("fields", "param", "words"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
-        ({"tool_choice": "auto"}, "tool_choice", "not supported"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "does not render tool"),
+        ({"tool_choice": "auto"}, "tool_choice", "only allowed when tools are specified"),
+        ({"tool_choice": "none"}, "tool_choice", "only allowed when tools are specified"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}],
+                    },
+                ]
+            },
+            "messages[1].tool_calls",
+            "does not render tool calls",
+        ),
         ({"functions": [{"name": "f"}]}, "functions", "not supported"),
         ({"function_call": "auto"}, "function_call", "not supported"),
         ({"audio": {"voice": "x"}}, "audio", "not supported"),
