@@ -193,9 +193,13 @@ class Engine:
             not cfg.ignore_eos and token_id in self.tokenizer.eog_ids
         )
         text, stop_str = ("", False) if stop_id else s.text.push(token_id)
-        complete = s.sampling.constraint is not None and s.sampling.constraint.complete  # nothing may follow
+        constraint = s.sampling.constraint
+        error = None if constraint is None else self._grammar_error(s, constraint.error)
+        complete = constraint is not None and constraint.complete  # nothing may follow
         finish = None
-        if stop_id or stop_str or complete:
+        if error is not None:  # the grammar's parser failed (a limit): not a "stop" that looks finished
+            finish = "error"
+        elif stop_id or stop_str or complete:
             finish = "stop"
         elif s.num_output >= cfg.max_tokens or s.num_tokens >= self.model_config.context_length:
             finish = "length"
@@ -211,6 +215,7 @@ class Engine:
             prompt_tokens=s.prompt_len,
             completion_tokens=s.num_output,
             cached_tokens=s.num_cached_prompt,
+            error=error,
         )
         if not s.prompt_logprobs_sent and cfg.prompt_logprobs is not None:
             event.prompt_logprobs = s.prompt_lp
@@ -218,6 +223,15 @@ class Engine:
         if finish is not None:
             self._finish(s, finish)
         return event
+
+    @staticmethod
+    def _grammar_error(s: Sequence, reason: str | None) -> str | None:
+        """The error event's message when the sequence's grammar matcher failed (filling this step's
+        mask, or consuming the token just sampled)."""
+        if reason is None:
+            return None
+        param = s.request.grammar.param
+        return f"{param}: the grammar's parser failed at output token {s.num_output}: {reason}"
 
     def _finish(self, s: Sequence, reason: str) -> None:
         s.finish_reason = reason

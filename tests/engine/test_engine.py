@@ -210,7 +210,8 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     for ids in alone.values():
         c = vocab.constraint(GrammarSpec(kind="json_object"))
         for t in ids:
-            c.advance(t)  # raises on a token the grammar refuses
+            c.advance(t)
+            assert c.error is None, c.error  # every token continued the grammar
         done = c.complete  # the object closed: the engine stopped it there, or at the EOG after it
         assert done or len(ids) == 64, ids
         text = smol.tokenizer.decode([t for t in ids if t not in eog])
@@ -218,6 +219,36 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
             assert isinstance(json.loads(text), dict)
             parsed += 1
     assert parsed >= 2
+
+
+def wide_grammar(alternatives: int = 2100) -> GrammarSpec:
+    """Lark whose parser exceeds llguidance's 2000 items per Earley row once three digits are out."""
+    rules = "\n".join(f'r{i}: "w{i}."' for i in range(alternatives))
+    wide = " | ".join(f"r{i}" for i in range(alternatives))
+    lark = f'start: "Hello, " DIGITS wide\nDIGITS: /[0-9]{{3}}/\nwide: {wide}\n{rules}\n'
+    return GrammarSpec(kind="lark", source=lark, param="grammar")
+
+
+def test_a_parser_limit_mid_output_ends_that_choice_with_an_error(smol):
+    """The failing choice's last event says "error" with llguidance's reason and the field; its batch
+    mates run on to the same tokens as alone (on the code before, step() raised ValueError, and the worker
+    died with every request in it)."""
+    plain = cfg(smol, 1, PROMPTS[0], max_tokens=10)
+    alone = run(Engine(smol.loaded, EngineConfig(kv_cache_tokens=1024)), [plain])
+    engine = Engine(smol.loaded, EngineConfig(kv_cache_tokens=1024))
+    engine.add_request(cfg(smol, 0, PROMPTS[1], max_tokens=20, grammar=wide_grammar()))
+    engine.add_request(plain)
+    events = []
+    while engine.has_unfinished():
+        events += engine.step()
+    (failed,) = [e for e in events if e.request_id == "r0" and e.finish_reason is not None]
+    assert failed.finish_reason == "error" and failed.completion_tokens < 20, failed
+    assert failed.error.startswith("grammar: the grammar's parser failed at output token "), failed.error
+    assert "Current row has 2101 items; max is 2000" in failed.error and "\n" not in failed.error
+    text = smol.tokenizer.decode([t for e in events if e.request_id == "r0" for t in e.token_ids])
+    assert text.startswith("Hello, "), text
+    assert [t for e in events if e.request_id == "r1" for t in e.token_ids] == alone[("r1", 0)]
+    assert engine.stats().kv_blocks_used == 0
 
 
 def test_json_mode_needs_an_end_of_generation_token(tmp_path):
