@@ -58,10 +58,17 @@ def grammar_text(spec: GrammarSpec) -> str:
 
 def _json_grammar(schema) -> str:
     """JSON that validates against schema, after at most MAX_GAP whitespace bytes (SentencePiece models
-    like to start with a space); the schema's own x-guidance options win over ours."""
+    like to start with a space); the schema's own x-guidance options win over ours, and with
+    whitespace_flexible false (vLLM's disable_any_whitespace) no whitespace is allowed anywhere."""
+    gap = f"GAP: /[ \\t\\n\\r]{{0,{MAX_GAP}}}/\n"
     if isinstance(schema, dict):
-        schema = {**schema, "x-guidance": {**_JSON_DEFAULTS, **schema.get("x-guidance", {})}}
-    lark = f"start: GAP json\nGAP: /[ \\t\\n\\r]{{0,{MAX_GAP}}}/\njson: %json {json.dumps(schema)}"
+        own = schema.get("x-guidance", {})
+        options = {**_JSON_DEFAULTS, **own}
+        if own.get("whitespace_flexible") is False and "whitespace_pattern" not in own:
+            del options["whitespace_pattern"]
+            gap = ""
+        schema = {**schema, "x-guidance": options}
+    lark = f"start: {'GAP ' if gap else ''}json\n{gap}json: %json {json.dumps(schema)}"
     return llguidance.LLMatcher.grammar_from_lark(lark)
 
 
