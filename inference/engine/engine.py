@@ -1,5 +1,7 @@
 """Engine: continuous batching. step() = schedule -> one forward over the batch -> sample -> postprocess."""
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import msgspec
 import numpy as np
 
@@ -37,6 +39,7 @@ class Engine:
         self.sampler = Sampler()
         self._by_request: dict[str, list[Sequence]] = {}
         self._grammar_vocab: GrammarVocabulary | None = None  # built by the first constrained request
+        self._mask_thread: ThreadPoolExecutor | None = None  # with it: fills masks during the forward
 
     @classmethod
     def load(
@@ -112,6 +115,7 @@ class Engine:
     def _grammar_vocabulary(self) -> GrammarVocabulary:
         if self._grammar_vocab is None:
             self._grammar_vocab = GrammarVocabulary(self.tokenizer)
+            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         return self._grammar_vocab
 
     def abort(self, request_id: str) -> None:
@@ -143,13 +147,31 @@ class Engine:
         scheduled = self.scheduler.schedule()
         if not scheduled:
             return []
+        masks = self._fill_masks_during_forward(scheduled)
         logits, rows = self.runner.run(scheduled)  # [N, V]
+        if masks is not None:
+            masks.result()  # the sampler finds them filled
         logits = logits[:, : self.num_tokens]  # [N, num_tokens]: padded rows have no token, nor a chance
         to_sample = self._advance(scheduled, rows, logits)
         if not to_sample:
             return []
         picked = self.sampler.sample(logits[[r for _, r in to_sample]], [s.sampling for s, _ in to_sample])
         return [self._append(s, t.token_id, t.logprobs) for (s, _), t in zip(to_sample, picked, strict=True)]
+
+    def _fill_masks_during_forward(self, scheduled: list[Scheduled]) -> Future | None:
+        """Starts filling the grammar masks of the constrained sequences that sample this step (n > 1
+        siblings included) in a thread: llguidance's fill does not hold the GIL, so it overlaps the
+        forward. A mask depends only on its matcher's state, which the forward does not touch."""
+        constraints = [
+            s.sampling.constraint
+            for item in scheduled
+            if item.completes
+            for s in (item.seq, *item.seq.followers)
+            if s.sampling.constraint is not None
+        ]
+        if not constraints:
+            return None
+        return self._mask_thread.submit(self._grammar_vocab.fill_masks, constraints)
 
     def _advance(self, scheduled: list[Scheduled], rows, logits) -> list[tuple[Sequence, int]]:
         """Moves each sequence past its computed tokens (prompt logprobs, prefix cache, n > 1 forks);

@@ -141,14 +141,20 @@ class GrammarVocabulary:
         return matcher
 
     def fill_masks(self, constraints: Sequence["GrammarConstraint"]) -> np.ndarray:
-        """[len(constraints), V] bool: the tokens each may take next, all rows filled in one parallel call."""
-        bits = llnp.allocate_token_bitmask(len(constraints), self.size)  # [B, ceil(V / 32)] int32
-        llnp.fill_next_token_bitmask_par(
-            self.executor, [(c.matcher, i) for i, c in enumerate(constraints)], bits
-        )
-        # a matcher that failed (see GrammarConstraint.error) allows only end-of-generation ids
-        masks = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, : self.size]  # [B, V]
-        return masks.astype(bool)
+        """[len(constraints), V] bool: the tokens each may take next. The rows not filled since their
+        constraint's last token are filled together, in one parallel call (llguidance's threads, without
+        the GIL: the engine runs this while the forward runs, and the sampler finds the rows ready)."""
+        todo = [c for c in constraints if c.next_mask is None]
+        if todo:
+            bits = llnp.allocate_token_bitmask(len(todo), self.size)  # [B, ceil(V / 32)] int32
+            llnp.fill_next_token_bitmask_par(
+                self.executor, [(c.matcher, i) for i, c in enumerate(todo)], bits
+            )
+            # a matcher that failed (see GrammarConstraint.error) allows only end-of-generation ids
+            masks = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, : self.size]  # [B, V]
+            for c, mask in zip(todo, masks.view(bool), strict=True):
+                c.next_mask = mask
+        return np.stack([c.next_mask for c in constraints])
 
 
 class _LLTokenizerSource:
@@ -177,6 +183,7 @@ class GrammarConstraint:
     def __init__(self, vocab: GrammarVocabulary, matcher: llguidance.LLMatcher):
         self.vocab = vocab
         self.matcher = matcher
+        self.next_mask: np.ndarray | None = None  # [V] bool, filled for the matcher's present state
 
     @property
     def complete(self) -> bool:
@@ -199,4 +206,5 @@ class GrammarConstraint:
         matcher cannot take it, `error` says why."""
         if self.matcher.is_stopped() and token_id in self.vocab.eog_ids:
             return
+        self.next_mask = None
         self.matcher.consume_token(token_id)  # False: the matcher is now in its error state

@@ -221,6 +221,31 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     assert parsed >= 2
 
 
+class MasksAfterForward(Engine):
+    """The engine without the overlap: the sampler fills every mask once the forward is done."""
+
+    def _fill_masks_during_forward(self, scheduled):
+        return None
+
+
+def test_masks_filled_during_the_forward_give_the_same_tokens(smol):
+    """n = 2 sampled JSON choices beside a greedy text one, chunked prefill: the masks filled while the
+    forward runs are those the sampler would fill after it (the same tokens, step by step)."""
+    config = EngineConfig(max_num_batched_tokens=16, kv_cache_tokens=2048)
+    sampled = json_request(smol, "j", n=2, sampling=SamplingParams(temperature=1.0, seed=3))
+    requests = [msgspec.structs.replace(sampled, max_tokens=20), cfg(smol, 1, PROMPTS[0], max_tokens=8)]
+    overlapped = Engine(smol.loaded, config)
+    out = run(overlapped, requests)
+    assert out == run(MasksAfterForward(smol.loaded, config), requests)
+    assert overlapped._mask_thread is not None
+    vocab = GrammarVocabulary(smol.tokenizer)
+    for index in (0, 1):  # every token was allowed by the mask of its own state, not a stale one
+        c = vocab.constraint(GrammarSpec(kind="json_object"))
+        for t in out[("j", index)]:
+            c.advance(t)
+            assert c.error is None, c.error
+
+
 def wide_grammar(alternatives: int = 2100) -> GrammarSpec:
     """Lark whose parser exceeds llguidance's 2000 items per Earley row once three digits are out."""
     rules = "\n".join(f'r{i}: "w{i}."' for i in range(alternatives))
