@@ -383,16 +383,7 @@ def _response_grammar(req: ChatCompletionRequest) -> GrammarSpec:
 
 def _structured_grammar(so: StructuredOutputs) -> GrammarSpec:
     """vLLM's structured_outputs: exactly one of its constraints, its JSON options on JSON ones only."""
-    given = [k for k in _STRUCTURED_KINDS if getattr(so, k) is not None]
-    if len(given) != 1:
-        kinds = ", ".join(_STRUCTURED_KINDS[:-1])
-        if not given:
-            raise RequestError(f"structured_outputs needs one of {kinds}; it has none", "structured_outputs")
-        raise RequestError(
-            f"structured_outputs takes one of {kinds}; this one sets both {given[0]} and {given[1]}",
-            f"structured_outputs.{given[1]}",
-        )
-    kind = given[0]
+    kind = _structured_kind(so)
     param = f"structured_outputs.{kind}"
     for unsupported in ("structural_tag", "disable_additional_properties"):
         if getattr(so, unsupported) not in (None, False):
@@ -402,28 +393,41 @@ def _structured_grammar(so: StructuredOutputs) -> GrammarSpec:
                 "unsupported_parameter",
             )
     options = _json_options(so, kind)
-    if kind == "json":
-        schema = _schema(so.json, param)
-        if options:
-            schema = {
-                **({} if schema is True else schema),
-                "x-guidance": {**schema.get("x-guidance", {}), **options},
-            }
-        return GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode(), param=param)
-    if kind == "json_object":
-        if so.json_object is not True:
-            raise RequestError(
-                "structured_outputs.json_object: false asks for nothing; set true or leave it out", param
-            )
-        if options:
-            schema = {"type": "object", "x-guidance": options}
-            return GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode(), param=param)
-        return GrammarSpec(kind="json_object", param=param)
+    if kind in ("json", "json_object"):
+        return _json_spec(so, options, param)
     if kind == "regex":
         return GrammarSpec(kind="regex", source=so.regex, param=param)
     if kind == "choice":
         return GrammarSpec(kind="choice", source=msgspec.json.encode(so.choice).decode(), param=param)
     return GrammarSpec(kind="lark", source=_lark_or_gbnf(so.grammar, param), param=param)
+
+
+def _structured_kind(so: StructuredOutputs) -> str:
+    given = [k for k in _STRUCTURED_KINDS if getattr(so, k) is not None]
+    kinds = ", ".join(_STRUCTURED_KINDS[:-1])
+    if not given:
+        raise RequestError(f"structured_outputs needs one of {kinds}; it has none", "structured_outputs")
+    if len(given) > 1:
+        raise RequestError(
+            f"structured_outputs takes one of {kinds}; this one sets both {given[0]} and {given[1]}",
+            f"structured_outputs.{given[1]}",
+        )
+    return given[0]
+
+
+def _json_spec(so: StructuredOutputs, options: dict[str, Any], param: str) -> GrammarSpec:
+    """json (a schema) or json_object, with the whitespace options as the schema's x-guidance."""
+    if so.json_object is False:
+        raise RequestError(
+            "structured_outputs.json_object: false asks for nothing; set true or leave it out", param
+        )
+    if so.json_object and not options:
+        return GrammarSpec(kind="json_object", param=param)
+    schema = {"type": "object"} if so.json_object else _schema(so.json, param)
+    if options and schema is not False:  # the false schema allows nothing, options or not
+        base = {} if schema is True else schema
+        schema = {**base, "x-guidance": {**base.get("x-guidance", {}), **options}}
+    return GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode(), param=param)
 
 
 def _json_options(so: StructuredOutputs, kind: str) -> dict[str, Any]:

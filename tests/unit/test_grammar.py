@@ -105,6 +105,22 @@ def test_whitespace_gaps_are_bounded(vocab, tokenizer):
     assert recognized(vocab, tokenizer, "{" + " " * MAX_GAP + '"a"' + "\n" * MAX_GAP + ":1}")
 
 
+def test_whitespace_flexible_false_allows_no_whitespace_anywhere(vocab, tokenizer):
+    """vLLM's disable_any_whitespace: no leading gap, none between tokens; the default allows both."""
+    compact = GrammarSpec(
+        kind="json_schema",
+        source=json.dumps({"type": "object", "x-guidance": {"whitespace_flexible": False}}),
+    )
+    for text, default, strict in [
+        ('{"a":[1,2]}', True, True),
+        (' {"a":1}', True, False),
+        ('{"a": 1}', True, False),
+    ]:
+        c, taken, ids = walk(vocab, tokenizer, text, compact)
+        assert (taken == len(ids) and c.complete) == strict, text
+        assert recognized(vocab, tokenizer, text) == default, text
+
+
 def test_mutations_agree_with_the_json_module(vocab, tokenizer):
     """Random edits of valid documents: accepted exactly when json.loads gives an object (ASCII texts, no
     trailing whitespace and no gap over MAX_GAP, the two rules the recognizer adds)."""
