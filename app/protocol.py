@@ -35,6 +35,21 @@ class StreamOptions(_Strict, kw_only=True):
     include_usage: bool = False
 
 
+class StructuredOutputs(_Strict, kw_only=True):
+    """vLLM's `structured_outputs`: exactly one constraint (json, regex, choice, grammar, json_object),
+    plus options for the JSON ones. structural_tag and disable_additional_properties are refused."""
+
+    json: dict[str, Any] | bool | str | None = None  # a JSON schema, or its JSON text
+    regex: str | None = None  # the whole output matches it
+    choice: Annotated[list[str], Meta(min_length=1)] | None = None  # the output is one of these strings
+    grammar: str | None = None  # Lark (llguidance's dialect) or GBNF, as vLLM's guidance backend takes
+    json_object: bool | None = None  # true: any JSON object
+    disable_any_whitespace: bool = False  # JSON without whitespace
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None  # the regex of whitespace between JSON tokens
+    structural_tag: str | None = None
+
+
 class _Sampling(_Strict, kw_only=True):
     """Parameters both endpoints share (OpenAI's, then vLLM's extras)."""
 
@@ -69,6 +84,9 @@ class _Sampling(_Strict, kw_only=True):
     stop_token_ids: Annotated[list[TokenId], Meta(max_length=limits.MAX_STOP_TOKEN_IDS)] | None = None
     # only requests with the same salt share prefix-cache blocks (none: shared with every unsalted request)
     cache_salt: CacheSalt | None = None
+    # structured output (one per request, with chat's response_format): vLLM's and llama.cpp's fields
+    structured_outputs: StructuredOutputs | None = None
+    grammar: str | None = None  # llama.cpp: a GBNF grammar the output follows
 
 
 class CompletionRequest(_Sampling, kw_only=True):

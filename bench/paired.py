@@ -83,24 +83,26 @@ def table(results: list[dict[str, float]]) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="registry name")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="paired rounds (the median ratio is shown)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="paired rounds (median shown)")
     parser.add_argument("--backend", default="cpu", help="gguf-serve's --backend")
     args = parser.parse_args(argv)
     model_path = resolve_model(args.model)
-    print(f"load average before: {load_average()}")
+    print(f"load average before: {load_average()}", flush=True)
     servers: dict[str, Server] = {}
     with tempfile.TemporaryDirectory(prefix="bench-paired-") as logdir:
         try:
             for side in SIDES:
-                servers[side] = start_server(side, server_command(side, args, model_path, free_port()), Path(logdir))
+                cmd = server_command(side, args, model_path, free_port())
+                servers[side] = start_server(side, cmd, Path(logdir))
             results = rounds(servers, args.rounds)
         finally:
             for server in servers.values():
                 stop_server(server)
     print(describe())
     print(
-        f"{args.model}; gguf-serve --backend {args.backend} vs llama-server (-t 2 -np {CONCURRENCY} --kv-unified), "
-        f"both up, alternating; single stream = 128 tokens streamed, aggregate = {CONCURRENCY} streams x 128"
+        f"{args.model}; gguf-serve --backend {args.backend} vs llama-server "
+        f"(-t 2 -np {CONCURRENCY} --kv-unified), both up, alternating; single stream = 128 tokens "
+        f"streamed, aggregate = {CONCURRENCY} streams x 128"
     )
     print_table(table(results))
     return 0

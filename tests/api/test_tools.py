@@ -259,6 +259,8 @@ NOT_OBJECT = [{"type": "function", "function": {"name": "f", "parameters": {"typ
             "response_format",
             "cannot constrain the output",
         ),
+        ({"structured_outputs": {"regex": "[a-z]+"}}, "structured_outputs", "cannot constrain the output"),
+        ({"grammar": 'root ::= "yes"'}, "grammar", "cannot constrain the output"),
         (
             {
                 "messages": [
