@@ -36,11 +36,12 @@ class WorkerState(Enum):
 
 
 class GenerationFailed(Exception):
-    """The request cannot complete (worker died, shutdown, timeout); `status` for a non-streamed reply."""
+    """The request cannot complete (worker died, shutdown, timeout, a choice that ended with an error);
+    `status` for a non-streamed reply."""
 
-    def __init__(self, status: int, message: str, code: str | None = None):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.param = status, message, code, param
 
 
 class _Failure:
@@ -104,7 +105,19 @@ class Generation:
                 ) from None
             if isinstance(item, _Failure):
                 raise item.error
+            if item.finish_reason == "error":
+                self.close()
+                raise self._choice_failed(item)
             yield item
+
+    def _choice_failed(self, event: TokenEvent) -> GenerationFailed:
+        """A choice the engine ended with an error (its grammar's parser failed mid-output): the request
+        fails as a whole, as a 400 naming the grammar's field (the grammar is what the parser gave up on)."""
+        (config,) = [c for c in self.configs if c.request_id == event.request_id]
+        assert config.grammar is not None, f"{event.request_id}: an error finish without a grammar"
+        return GenerationFailed(
+            400, event.error or "generation failed", "grammar_error", config.grammar.param
+        )
 
     def close(self) -> None:
         """Aborts whatever has not finished (client gone, timeout, error); idempotent."""

@@ -35,6 +35,21 @@ class StreamOptions(_Strict, kw_only=True):
     include_usage: bool = False
 
 
+class StructuredOutputs(_Strict, kw_only=True):
+    """vLLM's `structured_outputs`: exactly one constraint (json, regex, choice, grammar, json_object),
+    plus options for the JSON ones. structural_tag and disable_additional_properties are refused."""
+
+    json: dict[str, Any] | bool | str | None = None  # a JSON schema, or its JSON text
+    regex: str | None = None  # the whole output matches it
+    choice: Annotated[list[str], Meta(min_length=1)] | None = None  # the output is one of these strings
+    grammar: str | None = None  # Lark (llguidance's dialect) or GBNF, as vLLM's guidance backend takes
+    json_object: bool | None = None  # true: any JSON object
+    disable_any_whitespace: bool = False  # JSON without whitespace
+    disable_additional_properties: bool = False
+    whitespace_pattern: str | None = None  # the regex of whitespace between JSON tokens
+    structural_tag: str | None = None
+
+
 class _Sampling(_Strict, kw_only=True):
     """Parameters both endpoints share (OpenAI's, then vLLM's extras)."""
 
@@ -69,6 +84,9 @@ class _Sampling(_Strict, kw_only=True):
     stop_token_ids: Annotated[list[TokenId], Meta(max_length=limits.MAX_STOP_TOKEN_IDS)] | None = None
     # only requests with the same salt share prefix-cache blocks (none: shared with every unsalted request)
     cache_salt: CacheSalt | None = None
+    # structured output (one per request, with chat's response_format): vLLM's and llama.cpp's fields
+    structured_outputs: StructuredOutputs | None = None
+    grammar: str | None = None  # llama.cpp: a GBNF grammar the output follows
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -168,6 +186,37 @@ class ResponseFormatJSONSchema(_Strict, kw_only=True, tag="json_schema", tag_fie
 ResponseFormat = ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema
 
 
+# -- tools -----------------------------------------------------------------------------------------
+
+FunctionName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]  # OpenAI's rule for function names
+
+
+class FunctionDefinition(_Strict, kw_only=True):
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema of an object; None: takes no arguments
+    strict: bool | None = None  # the arguments always validate (grammar); strict changes nothing here
+
+
+class ChatTool(_Strict, kw_only=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Strict, kw_only=True):
+    name: str
+
+
+class NamedToolChoice(_Strict, kw_only=True):
+    """tool_choice {"type": "function", "function": {"name": ...}}: that function must be called."""
+
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(_Sampling, kw_only=True):
     """POST /v1/chat/completions."""
 
@@ -185,10 +234,10 @@ class ChatCompletionRequest(_Sampling, kw_only=True):
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None  # one tier here
     prompt_cache_key: str | None = None  # prefix caching needs no key
     safety_identifier: str | None = None  # like `user`
-    parallel_tool_calls: bool | None = None  # meaningless without tools
-    # Known but not supported (until tool calling is): set, they get 400 naming them (translate checks).
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: Annotated[list[ChatTool], Meta(max_length=limits.MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None  # None: "auto" with tools, "none" without
+    parallel_tool_calls: bool | None = None  # None: true; false: at most one call
+    # Known but not supported: set, they get 400 naming them (translate checks).
     functions: list[Any] | None = None
     function_call: Any = None
     audio: Any = None
@@ -291,6 +340,7 @@ class ChatMessageOut(Struct, kw_only=True):
     role: str = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | UnsetType = UNSET  # only when the model called tools
 
 
 class ChatChoice(Struct, kw_only=True):
@@ -306,9 +356,24 @@ class ChatCompletionResponse(_Envelope, kw_only=True):
     usage: Usage
 
 
+class FunctionCallDelta(Struct, kw_only=True):
+    name: str | UnsetType = UNSET  # the first delta of a call
+    arguments: str  # a fragment of the arguments' JSON ("" in the first delta)
+
+
+class ToolCallDelta(Struct, kw_only=True):
+    """A piece of one tool call: the first carries index, id, type and name; later ones, arguments."""
+
+    index: int
+    id: str | UnsetType = UNSET
+    type: Literal["function"] | UnsetType = UNSET
+    function: FunctionCallDelta
+
+
 class ChatDelta(Struct, kw_only=True):
     role: str | UnsetType = UNSET  # only in the first chunk of each choice
     content: str | UnsetType = UNSET
+    tool_calls: list[ToolCallDelta] | UnsetType = UNSET
 
 
 class ChatChunkChoice(Struct, kw_only=True):

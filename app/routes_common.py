@@ -280,6 +280,6 @@ def chat_logprobs(tok, token_ids: list[int], logprobs: list[TokenLogprobs] | Non
 
 def error_status(exc: Exception) -> APIError:
     if isinstance(exc, GenerationFailed):
-        return APIError(exc.status, exc.message, code=exc.code)
+        return APIError(exc.status, exc.message, param=exc.param, code=exc.code)
     assert isinstance(exc, APIError)
     return exc

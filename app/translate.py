@@ -4,10 +4,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from llguidance.gbnf_to_lark import gbnf_to_lark, is_lark_syntax
 
 from inference.errors import ContextLengthError, RequestError
 from inference.forward_config import AdapterForwardConfig, SamplingParams
 from inference.text.grammar import GrammarSpec, check_grammar
+from inference.text.tool_syntax import ToolSyntax
 
 from .errors import APIError
 from .protocol import (
@@ -21,11 +23,13 @@ from .protocol import (
     Message,
     ResponseFormatJSONObject,
     ResponseFormatJSONSchema,
+    StructuredOutputs,
     TextPart,
     TokenizeRequest,
     TokenizeResponse,
     ToolMessage,
 )
+from .tool_use import call_arguments, check_tool_messages, tool_use
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class ChatPlan:
     top_logprobs: int | None  # None: no logprobs
     stream: bool
     include_usage: bool
+    tool_syntax: ToolSyntax | None = None  # parse tool calls out of the output with it
 
 
 # -- /v1/completions -------------------------------------------------------------------------------
@@ -91,6 +96,7 @@ def completion_plan(req: CompletionRequest, model: ServedModel, request_id: str)
     _check_sequences(_prompt_count(req.prompt), req.n, model)  # before tokenizing any
     prompts = _prompts(req.prompt, model)
     sampling = _sampling(req, model, req.logprobs)
+    grammar = _request_grammar(req)
     configs = []
     for i, ids in enumerate(prompts):
         max_tokens = _max_tokens(req.max_tokens, len(ids), model, "prompt")
@@ -103,6 +109,7 @@ def completion_plan(req: CompletionRequest, model: ServedModel, request_id: str)
                 sampling,
                 max_tokens,
                 prompt_logprobs=req.logprobs if req.echo else None,
+                grammar=grammar,
                 prompt_param=_prompt_param(req.prompt, i),
             )
         )
@@ -218,24 +225,41 @@ def chat_plan(req: ChatCompletionRequest, model: ServedModel, request_id: str) -
         raise RequestError(f"n = {req.n} exceeds this server's max_num_seqs = {model.max_num_seqs}", "n")
     if req.max_tokens is not None and req.max_completion_tokens is not None:
         raise RequestError("set max_completion_tokens or max_tokens, not both", "max_tokens")
-    ids = chat_prompt_ids(req.messages, model)
+    tools = tool_use(req, model)
+    ids = chat_prompt_ids(req.messages, model, tools=tools.definitions if tools else None)
     top = (req.top_logprobs or 0) if req.logprobs else None
     sampling = _sampling(req, model, top)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     max_tokens = _max_tokens(requested, len(ids), model, "messages", param)
-    config = _config(req, model, request_id, ids, sampling, max_tokens, grammar=_response_grammar(req))
-    return ChatPlan(request_id, config, top, req.stream, _include_usage(req))
+    grammar = _request_grammar(req)
+    if tools is not None and tools.grammar is not None:
+        if grammar is not None:
+            field = grammar.param.split(".")[0]
+            raise RequestError(
+                f"{field} cannot constrain the output while tools may be called; set tool_choice to none, "
+                f"or leave {field} out",
+                field,
+            )
+        grammar = tools.grammar
+    config = _config(req, model, request_id, ids, sampling, max_tokens, grammar=grammar)
+    syntax = tools.syntax if tools else None
+    return ChatPlan(request_id, config, top, req.stream, _include_usage(req), syntax)
 
 
 def chat_prompt_ids(
-    messages: list[Message], model: ServedModel, *, add_generation_prompt: bool = True
+    messages: list[Message],
+    model: ServedModel,
+    *,
+    add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> list[int]:
-    """The chat template's text for `messages`, encoded with special tokens (the template adds BOS):
-    only the template's own markup becomes control tokens; the messages' text stays text."""
+    """The chat template's text for `messages` (and `tools`), encoded with special tokens (the template
+    adds BOS): only the template's own markup becomes control tokens; the messages' text stays text."""
     tok = model.tokenizer
+    check_tool_messages(messages, model)
     text, plain = model.template.render_marked(
-        template_messages(messages), tok.specials, add_generation_prompt=add_generation_prompt
+        template_messages(messages), tok.specials, add_generation_prompt=add_generation_prompt, tools=tools
     )
     return tok.encode(text, allow_special=True, add_bos=False, plain_at=plain)
 
@@ -283,17 +307,22 @@ def template_messages(messages: list[Message]) -> list[dict[str, Any]]:
             item["name"] = m.name
         if isinstance(m, AssistantMessage) and m.tool_calls:
             item["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": c.type,
-                    "function": {"name": c.function.name, "arguments": c.function.arguments},
-                }
-                for c in m.tool_calls
+                _template_call(c, f"messages[{i}].tool_calls[{j}]") for j, c in enumerate(m.tool_calls)
             ]
         if isinstance(m, ToolMessage):
             item["tool_call_id"] = m.tool_call_id
         out.append(item)
     return out
+
+
+def _template_call(call, param: str) -> dict[str, Any]:
+    """An earlier tool call as templates read it: arguments as an object (HF transformers' convention)."""
+    arguments = call_arguments(call.function.arguments, f"{param}.function.arguments")
+    return {
+        "id": call.id,
+        "type": call.type,
+        "function": {"name": call.function.name, "arguments": arguments},
+    }
 
 
 def _content(content: str | list | None, i: int) -> str | list[dict[str, str]] | None:
@@ -314,9 +343,7 @@ def _content(content: str | list | None, i: int) -> str | list[dict[str, str]] |
 
 def _check_chat_unsupported(req: ChatCompletionRequest) -> None:
     unsupported = {
-        "tools": bool(req.tools),
         "functions": bool(req.functions),
-        "tool_choice": req.tool_choice not in (None, "none"),
         "function_call": req.function_call not in (None, "none"),
         "audio": req.audio is not None,
         "modalities": req.modalities not in (None, ["text"]),
@@ -327,18 +354,46 @@ def _check_chat_unsupported(req: ChatCompletionRequest) -> None:
             raise RequestError(f"{param} is not supported by this server", param, "unsupported_parameter")
 
 
-def _response_grammar(req: ChatCompletionRequest) -> GrammarSpec | None:
-    """The grammar response_format asks for: None for text; json_schema compiled (and refused with the
-    library's reason) here. JSON mode needs the word JSON somewhere in the messages, as OpenAI's API
+# -- structured output: response_format, structured_outputs or grammar -> one GrammarSpec -----------
+
+_CONSTRAINT_FIELDS = ("response_format", "structured_outputs", "grammar")
+_STRUCTURED_KINDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+def _request_grammar(req: ChatCompletionRequest | CompletionRequest) -> GrammarSpec | None:
+    """The one constraint of a request, checked by llguidance (a grammar it rejects: 400 with its
+    reason, naming the field); a second constraint field is refused."""
+    given = [name for name in _CONSTRAINT_FIELDS if _constrains(req, name)]
+    if len(given) > 1:
+        raise RequestError(
+            f"a request takes one output constraint; this one sets both {given[0]} and {given[1]}", given[1]
+        )
+    if not given:
+        return None
+    if given[0] == "response_format":
+        spec = _response_grammar(req)
+    elif given[0] == "structured_outputs":
+        spec = _structured_grammar(req.structured_outputs)
+    else:
+        spec = GrammarSpec(kind="lark", source=_gbnf_to_lark(req.grammar, "grammar"), param="grammar")
+    check_grammar(spec)
+    return spec
+
+
+def _constrains(req, name: str) -> bool:
+    value = getattr(req, name, None)  # completions have no response_format
+    if name == "response_format":
+        return isinstance(value, ResponseFormatJSONObject | ResponseFormatJSONSchema)
+    return value is not None and value != ""  # grammar "": none, as llama.cpp reads it
+
+
+def _response_grammar(req: ChatCompletionRequest) -> GrammarSpec:
+    """json_schema, or JSON mode, which needs the word JSON somewhere in the messages, as OpenAI's API
     requires: a model that is not asked for JSON is only forced into it."""
     fmt = req.response_format
     if isinstance(fmt, ResponseFormatJSONSchema):
         schema = {} if fmt.json_schema.schema is None else fmt.json_schema.schema
-        spec = GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode())
-        check_grammar(spec)
-        return spec
-    if not isinstance(fmt, ResponseFormatJSONObject):
-        return None
+        return GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode())
     texts = [m.content if isinstance(m.content, str) else _part_texts(m.content) for m in req.messages]
     if not any("json" in t.lower() for t in texts):
         raise RequestError(
@@ -347,6 +402,106 @@ def _response_grammar(req: ChatCompletionRequest) -> GrammarSpec | None:
             "messages",
         )
     return GrammarSpec(kind="json_object")
+
+
+def _structured_grammar(so: StructuredOutputs) -> GrammarSpec:
+    """vLLM's structured_outputs: exactly one of its constraints, its JSON options on JSON ones only."""
+    kind = _structured_kind(so)
+    param = f"structured_outputs.{kind}"
+    for unsupported in ("structural_tag", "disable_additional_properties"):
+        if getattr(so, unsupported) not in (None, False):
+            raise RequestError(
+                f"structured_outputs.{unsupported} is not supported by this server",
+                f"structured_outputs.{unsupported}",
+                "unsupported_parameter",
+            )
+    options = _json_options(so, kind)
+    if kind in ("json", "json_object"):
+        return _json_spec(so, options, param)
+    if kind == "regex":
+        return GrammarSpec(kind="regex", source=so.regex, param=param)
+    if kind == "choice":
+        return GrammarSpec(kind="choice", source=msgspec.json.encode(so.choice).decode(), param=param)
+    return GrammarSpec(kind="lark", source=_lark_or_gbnf(so.grammar, param), param=param)
+
+
+def _structured_kind(so: StructuredOutputs) -> str:
+    given = [k for k in _STRUCTURED_KINDS if getattr(so, k) is not None]
+    kinds = ", ".join(_STRUCTURED_KINDS[:-1])
+    if not given:
+        raise RequestError(f"structured_outputs needs one of {kinds}; it has none", "structured_outputs")
+    if len(given) > 1:
+        raise RequestError(
+            f"structured_outputs takes one of {kinds}; this one sets both {given[0]} and {given[1]}",
+            f"structured_outputs.{given[1]}",
+        )
+    return given[0]
+
+
+def _json_spec(so: StructuredOutputs, options: dict[str, Any], param: str) -> GrammarSpec:
+    """json (a schema) or json_object, with the whitespace options as the schema's x-guidance."""
+    if so.json_object is False:
+        raise RequestError(
+            "structured_outputs.json_object: false asks for nothing; set true or leave it out", param
+        )
+    if so.json_object and not options:
+        return GrammarSpec(kind="json_object", param=param)
+    schema = {"type": "object"} if so.json_object else _schema(so.json, param)
+    if options and schema is not False:  # the false schema allows nothing, options or not
+        base = {} if schema is True else schema
+        schema = {**base, "x-guidance": {**base.get("x-guidance", {}), **options}}
+    return GrammarSpec(kind="json_schema", source=msgspec.json.encode(schema).decode(), param=param)
+
+
+def _json_options(so: StructuredOutputs, kind: str) -> dict[str, Any]:
+    """llguidance's JSON options (x-guidance) for structured_outputs' whitespace fields."""
+    set_ = [
+        k for k in ("disable_any_whitespace", "whitespace_pattern") if getattr(so, k) not in (None, False)
+    ]
+    if set_ and kind not in ("json", "json_object"):
+        raise RequestError(
+            f"structured_outputs.{set_[0]} applies to json and json_object only",
+            f"structured_outputs.{set_[0]}",
+        )
+    if len(set_) > 1:
+        raise RequestError(
+            "set disable_any_whitespace or whitespace_pattern, not both",
+            "structured_outputs.whitespace_pattern",
+        )
+    if so.disable_any_whitespace:
+        return {"whitespace_flexible": False}
+    return {} if so.whitespace_pattern is None else {"whitespace_pattern": so.whitespace_pattern}
+
+
+def _schema(value: dict | bool | str, param: str) -> dict | bool:
+    """A JSON schema given as an object, a boolean, or their JSON text."""
+    if isinstance(value, str):
+        try:
+            value = msgspec.json.decode(value)
+        except msgspec.DecodeError as e:
+            raise RequestError(f"{param}: the schema text is not JSON: {e}", param) from None
+    if not isinstance(value, dict | bool):
+        raise RequestError(
+            f"{param}: a JSON schema is an object or a boolean, got {type(value).__name__}", param
+        )
+    return value
+
+
+def _lark_or_gbnf(text: str, param: str) -> str:
+    """Lark as it is; GBNF converted (llguidance's rule, as vLLM's guidance backend: Lark has a %llguidance
+    line or a `start:` rule)."""
+    return text if is_lark_syntax(text) else _gbnf_to_lark(text, param)
+
+
+def _gbnf_to_lark(text: str, param: str) -> str:
+    """llama.cpp's GBNF -> llguidance's Lark (a grammar starting with %llguidance is Lark already, as
+    llama.cpp's llguidance build reads it)."""
+    if text.lstrip().startswith("%llguidance"):
+        return text
+    try:
+        return gbnf_to_lark(text)
+    except Exception as e:  # noqa: BLE001 - the converter raises plain Exception (e.g. an undefined rule)
+        raise RequestError(f"{param}: the GBNF grammar cannot be converted: {e}", param) from None
 
 
 def _part_texts(content: list | None) -> str:

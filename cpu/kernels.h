@@ -14,6 +14,11 @@
  * each weight byte is read once per call for all t rows (t small: decode). */
 int cpu_matvec(int type, const uint8_t *w, int64_t row_bytes, int64_t n, int64_t k, const float *x,
                int64_t t, float *y, int64_t ldy);
+/* The parts of one projection (q | k | v, gate | up) in one call: part p (types[p], ws[p], row_bytes[p],
+ * ns[p] rows) writes y's columns from ns[0] + ... + ns[p - 1]; ldy >= their sum. 1 <= nparts <= 8. */
+#define MATVEC_MAX_PARTS 8
+int cpu_matvec_parts(int nparts, const int *types, const uint8_t *const *ws, const int64_t *row_bytes,
+                     const int64_t *ns, int64_t k, const float *x, int64_t t, float *y, int64_t ldy);
 
 /* dequant.c: out[r, :] = W[row r] as float32 [k], for rows[r] (r < nrows), or row0 + r when rows is NULL */
 int cpu_dequant_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t k, const int32_t *rows,

@@ -322,18 +322,31 @@ static void matvec_step(cpu_level_t level, const matvec_args *a, int64_t j, uint
     row_scalar(a, j, buf);
 }
 
-int cpu_matvec(int type, const uint8_t *w, int64_t row_bytes, int64_t n, int64_t k, const float *x,
-               int64_t t, float *y, int64_t ldy) {
-    const int rc = check_rows(type, k, row_bytes);
-    if (rc) return rc;
-    if (n <= 0 || t <= 0) return 0;
+/* The parts of one projection (q | k | v, gate | up: same x, columns side by side in y) in one team:
+ * x is grouped once, and the team shares the row steps of all parts, so a small part (k, v) is split
+ * too and there is one fork / join per projection. Part p writes columns off_p ... off_p + n_p - 1,
+ * off_p = n_0 + ... + n_(p-1); each row's result is the one cpu_matvec gives it alone. */
+int cpu_matvec_parts(int nparts, const int *types, const uint8_t *const *ws, const int64_t *row_bytes,
+                     const int64_t *ns, int64_t k, const float *x, int64_t t, float *y, int64_t ldy) {
+    if (nparts < 1 || nparts > MATVEC_MAX_PARTS) return KERR_SHAPE;
+    int64_t total_bytes = 0, total_n = 0;
+    for (int p = 0; p < nparts; p++) {
+        const int rc = check_rows(types[p], k, row_bytes[p]);
+        if (rc) return rc;
+        total_bytes += ns[p] * row_bytes[p], total_n += ns[p];
+    }
+    if (total_n <= 0 || t <= 0) return 0;
     const int64_t groups = (k + 15) / 16;
     float *xg = t > 1 ? aligned_alloc(64, (size_t)(64 * t * (groups > 0 ? groups : 1))) : NULL;
     if (t > 1 && !xg) return -3;
-    const matvec_args a = {type, w, row_bytes, n, k, x, t > 1 ? xg : x, t, y, ldy};
     const cpu_level_t level = cpu_level();
     const int per = rows_per_step(level), threads = cpu_threads();
-    const int64_t steps = (n + per - 1) / per;
+    matvec_args a[MATVEC_MAX_PARTS];
+    int64_t first[MATVEC_MAX_PARTS + 1] = {0}; /* first[p]: the first global step of part p */
+    for (int64_t p = 0, off = 0; p < nparts; off += ns[p], p++) {
+        a[p] = (matvec_args){types[p], ws[p], row_bytes[p], ns[p], k, x, t > 1 ? xg : x, t, y + off, ldy};
+        first[p + 1] = first[p] + (ns[p] + per - 1) / per;
+    }
     /* per thread, AVX2: a row of codes; scalar: a float row; AVX-512 decodes in registers */
     const int64_t need = level == LEVEL_AVX2 ? codes_bytes(k) : level == LEVEL_SCALAR ? 4 * k : 0;
     const int64_t buf_bytes = (need + 63) / 64 * 64;
@@ -342,7 +355,7 @@ int cpu_matvec(int type, const uint8_t *w, int64_t row_bytes, int64_t n, int64_t
         free(xg);
         return -3;
     }
-#pragma omp parallel num_threads(threads) if (n * row_bytes >= 32768 || n * k * t >= 262144)
+#pragma omp parallel num_threads(threads) if (total_bytes >= 32768 || total_n * k * t >= 262144)
     {
         uint8_t *buf = bufs + omp_get_thread_num() * buf_bytes;
         if (xg) { /* each thread groups a share of x; the barrier at the end of `omp for` publishes it */
@@ -350,9 +363,18 @@ int cpu_matvec(int type, const uint8_t *w, int64_t row_bytes, int64_t n, int64_t
             for (int64_t g = 0; g < groups; g++) group_x(x, t, k, g, xg);
         }
 #pragma omp for schedule(static)
-        for (int64_t s = 0; s < steps; s++) matvec_step(level, &a, s * per, buf);
+        for (int64_t s = 0; s < first[nparts]; s++) {
+            int p = 0;
+            while (s >= first[p + 1]) p++;
+            matvec_step(level, &a[p], (s - first[p]) * per, buf);
+        }
     }
     free(xg);
     free(bufs);
     return 0;
+}
+
+int cpu_matvec(int type, const uint8_t *w, int64_t row_bytes, int64_t n, int64_t k, const float *x,
+               int64_t t, float *y, int64_t ldy) {
+    return cpu_matvec_parts(1, &type, &w, &row_bytes, &n, k, x, t, y, ldy);
 }

@@ -51,6 +51,59 @@ static PyObject *py_matvec(PyObject *self, PyObject *args) {
     return kernel_result(rc, "matvec", type);
 }
 
+/* matvec_parts(types, ws, row_bytes, ns, k, x, t, y, ldy): tuples of equal length, one entry per part */
+static PyObject *py_matvec_parts(PyObject *self, PyObject *args) {
+    PyObject *types_o, *ws_o, *rb_o, *ns_o;
+    Py_ssize_t k, t, ldy;
+    Py_buffer x, y;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!ny*nw*n", &PyTuple_Type, &types_o, &PyTuple_Type, &ws_o, &PyTuple_Type,
+                          &rb_o, &PyTuple_Type, &ns_o, &k, &x, &t, &y, &ldy))
+        return NULL;
+    const Py_ssize_t np_ = PyTuple_GET_SIZE(types_o);
+    Py_buffer w[MATVEC_MAX_PARTS];
+    int types[MATVEC_MAX_PARTS], got = 0, bad = 0;
+    const uint8_t *ws[MATVEC_MAX_PARTS];
+    int64_t rbs[MATVEC_MAX_PARTS], ns[MATVEC_MAX_PARTS], total_n = 0;
+    if (np_ < 1 || np_ > MATVEC_MAX_PARTS || PyTuple_GET_SIZE(ws_o) != np_ || PyTuple_GET_SIZE(rb_o) != np_ ||
+        PyTuple_GET_SIZE(ns_o) != np_) {
+        PyErr_Format(PyExc_ValueError, "matvec_parts: 1..%d parts, four tuples of one length", MATVEC_MAX_PARTS);
+        bad = 1;
+    }
+    for (Py_ssize_t p = 0; !bad && p < np_; p++) {
+        types[p] = (int)PyLong_AsLong(PyTuple_GET_ITEM(types_o, p));
+        rbs[p] = PyLong_AsSsize_t(PyTuple_GET_ITEM(rb_o, p));
+        ns[p] = PyLong_AsSsize_t(PyTuple_GET_ITEM(ns_o, p));
+        if (PyErr_Occurred() || PyObject_GetBuffer(PyTuple_GET_ITEM(ws_o, p), &w[p], PyBUF_C_CONTIGUOUS) < 0) {
+            bad = 1;
+            break;
+        }
+        got++;
+        ws[p] = w[p].buf, total_n += ns[p];
+        bad = need(&w[p], rbs[p] * ns[p], "w");
+    }
+    if (!bad)
+        bad = need(&x, 4 * t * k, "x") || need(&y, t ? 4 * ((t - 1) * ldy + total_n) : 0, "y") ||
+              (ldy < total_n && (PyErr_SetString(PyExc_ValueError, "ldy < the parts' rows"), 1));
+    int rc = 0;
+    if (!bad) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = cpu_matvec_parts((int)np_, types, ws, rbs, ns, k, x.buf, t, y.buf, ldy);
+        Py_END_ALLOW_THREADS
+    }
+    for (int p = 0; p < got; p++) PyBuffer_Release(&w[p]);
+    RELEASE(&x, &y);
+    if (bad) return NULL;
+    int culprit = types[0]; /* the part at fault: checked alone (no rows, so nothing is computed) */
+    for (Py_ssize_t p = 0; rc == KERR_TYPE && p < np_; p++) {
+        const int64_t none = 0;
+        if (cpu_matvec_parts(1, &types[p], &ws[p], &rbs[p], &none, k, NULL, t, NULL, ldy) == KERR_TYPE) {
+            culprit = types[p];
+            break;
+        }
+    }
+    return kernel_result(rc, "matvec_parts", culprit);
+}
+
 /* dequant_rows(type, w, row_bytes, n, k, rows or None, row0, nrows, out) */
 static PyObject *py_dequant_rows(PyObject *self, PyObject *args) {
     int type;
@@ -375,6 +428,7 @@ static PyObject *py_matmul_q8_types(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"matvec", py_matvec, METH_VARARGS, "y[t, :n] = W x[t] for quantized W (fused dequantize)"},
+    {"matvec_parts", py_matvec_parts, METH_VARARGS, "matvec over the parts of one projection, one team"},
     {"dequant_rows", py_dequant_rows, METH_VARARGS, "float32 rows of a quantized matrix"},
     {"rmsnorm", py_rmsnorm, METH_VARARGS, "RMS norm of rows"},
     {"rope_table", py_rope_table, METH_VARARGS, "cos, sin of every position's rotary angles"},

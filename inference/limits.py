@@ -11,6 +11,7 @@ MAX_COMPLETION_LOGPROBS = 5  # completions `logprobs`: OpenAI's limit (vLLM allo
 MAX_LOGIT_BIAS_TOKENS = 1024  # entries of `logit_bias` (OpenAI: 300)
 MAX_LOGIT_BIAS = 100.0  # |bias|; -100 bans a token, as OpenAI documents
 MAX_CACHE_SALT_CHARS = 256  # vLLM's `cache_salt`; at least one character
+MAX_TOOLS = 128  # chat `tools` per request: OpenAI's limit
 
 TEMPERATURE = (0.0, 2.0)  # [min, max]
 TOP_P = (0.0, 1.0)  # (min, max]

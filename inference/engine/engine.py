@@ -1,5 +1,7 @@
 """Engine: continuous batching. step() = schedule -> one forward over the batch -> sample -> postprocess."""
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import msgspec
 import numpy as np
 
@@ -43,6 +45,7 @@ class Engine:
         self.sampler = Sampler()
         self._by_request: dict[str, list[Sequence]] = {}
         self._grammar_vocab: GrammarVocabulary | None = None  # built by the first constrained request
+        self._mask_thread: ThreadPoolExecutor | None = None  # with it: fills masks during the forward
         self.proposer = self._proposer(draft)
         self._draft_probs: dict[int, np.ndarray] = {}  # seq_id -> q [k, V] of this step's proposals
         self.num_draft_proposed = 0  # proposed tokens verified, since start
@@ -136,6 +139,7 @@ class Engine:
     def _grammar_vocabulary(self) -> GrammarVocabulary:
         if self._grammar_vocab is None:
             self._grammar_vocab = GrammarVocabulary(self.tokenizer)
+            self._mask_thread = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
         return self._grammar_vocab
 
     def abort(self, request_id: str) -> None:
@@ -171,7 +175,10 @@ class Engine:
         scheduled = self.scheduler.schedule(self._propose())
         if not scheduled:
             return []
+        masks = self._fill_masks_during_forward(scheduled)
         logits, rows = self.runner.run(scheduled)  # [N, V]
+        if masks is not None:
+            masks.result()  # the sampler finds them filled
         logits = logits[:, : self.num_tokens]  # [N, num_tokens]: padded rows have no token, nor a chance
         to_sample, to_verify = self._advance(scheduled, rows, logits)
         events = self._sample(to_sample, logits)
@@ -182,6 +189,21 @@ class Engine:
             return []
         picked = self.sampler.sample(logits[[r for _, r in to_sample]], [s.sampling for s, _ in to_sample])
         return [self._append(s, t.token_id, t.logprobs) for (s, _), t in zip(to_sample, picked, strict=True)]
+
+    def _fill_masks_during_forward(self, scheduled: list[Scheduled]) -> Future | None:
+        """Starts filling the grammar masks of the constrained sequences that sample this step (n > 1
+        siblings included) in a thread: llguidance's fill does not hold the GIL, so it overlaps the
+        forward. A mask depends only on its matcher's state, which the forward does not touch."""
+        constraints = [
+            s.sampling.constraint
+            for item in scheduled
+            if item.completes
+            for s in (item.seq, *item.seq.followers)
+            if s.sampling.constraint is not None
+        ]
+        if not constraints:
+            return None
+        return self._mask_thread.submit(self._grammar_vocab.fill_masks, constraints)
 
     def _advance(self, scheduled: list[Scheduled], rows, logits):
         """Moves each sequence past its computed tokens (prompt logprobs, prefix cache, n > 1 forks);
@@ -283,9 +305,13 @@ class Engine:
             not cfg.ignore_eos and token_id in self.tokenizer.eog_ids
         )
         text, stop_str = ("", False) if stop_id else s.text.push(token_id)
-        complete = s.sampling.constraint is not None and s.sampling.constraint.complete  # nothing may follow
+        constraint = s.sampling.constraint
+        error = None if constraint is None else self._grammar_error(s, constraint.error)
+        complete = constraint is not None and constraint.complete  # nothing may follow
         finish = None
-        if stop_id or stop_str or complete:
+        if error is not None:  # the grammar's parser failed (a limit): not a "stop" that looks finished
+            finish = "error"
+        elif stop_id or stop_str or complete:
             finish = "stop"
         elif s.num_output >= cfg.max_tokens or s.num_tokens >= self.model_config.context_length:
             finish = "length"
@@ -301,6 +327,7 @@ class Engine:
             prompt_tokens=s.prompt_len,
             completion_tokens=s.num_output,
             cached_tokens=s.num_cached_prompt,
+            error=error,
         )
         if not s.prompt_logprobs_sent and cfg.prompt_logprobs is not None:
             event.prompt_logprobs = s.prompt_lp
@@ -308,6 +335,15 @@ class Engine:
         if finish is not None:
             self._finish(s, finish)
         return event
+
+    @staticmethod
+    def _grammar_error(s: Sequence, reason: str | None) -> str | None:
+        """The error event's message when the sequence's grammar matcher failed (filling this step's
+        mask, or consuming the token just sampled)."""
+        if reason is None:
+            return None
+        param = s.request.grammar.param
+        return f"{param}: the grammar's parser failed at output token {s.num_output}: {reason}"
 
     def _finish(self, s: Sequence, reason: str) -> None:
         s.finish_reason = reason

@@ -24,8 +24,10 @@ CHATML = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-PROBE_TIMEOUT_S = 1.0  # each of the two renders that decide, at load, how content parts are passed
+PROBE_TIMEOUT_S = 1.0  # each of the renders that decide how content parts are passed, and tool support
 _PROBE = "<<gguf-serve probe>>"
+_PROBE_TOOL = "gguf_serve_probe_tool"  # a function name that only a template that renders it can output
+_PROBE_CALL_ID = "probe0001"  # nine alphanumerics: Mistral's templates refuse any other shape of id
 
 # Unicode noncharacters: render_marked puts one (absent from the data and the prompt) before each
 # special-token text in the data.
@@ -99,6 +101,17 @@ class ChatTemplate:
             "eos_token": self.eos_token,
         }
         return sandbox.render(self._template, context, sandbox.Budget(self.max_output_chars, self.timeout_s))
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template writes tool definitions passed as `tools` into the prompt (minja's
+        supports_tools: a probe tool's name must appear in the rendered text)."""
+        return _renders_tools(self.source)
+
+    @property
+    def renders_tool_calls(self) -> bool:
+        """Whether the template writes an assistant message's `tool_calls` (minja's supports_tool_calls)."""
+        return _renders_tool_calls(self.source)
 
     def render_marked(
         self,
@@ -178,18 +191,55 @@ def _needs_parts(source: str) -> bool:
 
 
 def _probe(source: str, content: Any) -> bool:
+    return _renders(source, _PROBE, [{"role": "user", "content": content}])
+
+
+_PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": _PROBE_TOOL,
+            "description": "probe",
+            "parameters": {"type": "object", "properties": {"x": {"type": "string"}}},
+        },
+    }
+]
+
+
+@functools.lru_cache(maxsize=64)
+def _renders_tools(source: str) -> bool:
+    return _renders(source, _PROBE_TOOL, [{"role": "user", "content": "hi"}], _PROBE_TOOLS)
+
+
+@functools.lru_cache(maxsize=64)
+def _renders_tool_calls(source: str) -> bool:
+    call = {
+        "id": _PROBE_CALL_ID,
+        "type": "function",
+        "function": {"name": _PROBE_TOOL, "arguments": {"x": "y"}},
+    }
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "done", "tool_call_id": _PROBE_CALL_ID},
+    ]
+    return _renders(source, _PROBE_TOOL, messages, _PROBE_TOOLS)
+
+
+def _renders(source: str, needle: str, messages: list[dict], tools: list | None = None) -> bool:
+    """Whether the template renders `messages` (and `tools`) into text that holds `needle`."""
     context = {
-        "messages": [{"role": "user", "content": content}],
+        "messages": messages,
         "add_generation_prompt": True,
-        "tools": None,
+        "tools": tools,
         "bos_token": "",
         "eos_token": "",
     }
     try:
-        return _PROBE in sandbox.render(
+        return needle in sandbox.render(
             _load(source).template, context, sandbox.Budget(MAX_OUTPUT_CHARS, PROBE_TIMEOUT_S)
         )
-    except TemplateError:  # a template that cannot render the probe at all gets plain strings
+    except TemplateError:  # a template that cannot render the probe at all does not support it
         return False
 
 

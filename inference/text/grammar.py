@@ -11,7 +11,6 @@ allowed once the grammar accepts. Ids past the token list (vocab padding) have n
 """
 
 import json
-import logging
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,8 +23,6 @@ import numpy as np
 
 from ..errors import RequestError
 
-log = logging.getLogger(__name__)
-
 GrammarKind = Literal["json_object", "json_schema", "regex", "choice", "lark"]
 MAX_GAP = 32  # whitespace bytes between two JSON tokens, so a model cannot fill max_tokens with newlines
 _JSON_DEFAULTS = {  # RFC 8259 escapes (\uXXXX for any character), whitespace gaps bounded
@@ -34,6 +31,7 @@ _JSON_DEFAULTS = {  # RFC 8259 escapes (\uXXXX for any character), whitespace ga
 }
 _SPECIAL_MARK = b"\xff"  # llguidance: a token whose bytes start with 0xFF is special, never text
 _CACHE_SIZE = 64  # compiled grammars kept per vocabulary
+_LIMITS = llguidance.LLParserLimits(verbose_errors=False)  # errors without the parser state and grammar
 
 
 class GrammarSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,11 +58,30 @@ def grammar_text(spec: GrammarSpec) -> str:
 
 def _json_grammar(schema) -> str:
     """JSON that validates against schema, after at most MAX_GAP whitespace bytes (SentencePiece models
-    like to start with a space); the schema's own x-guidance options win over ours."""
-    if isinstance(schema, dict):
-        schema = {**schema, "x-guidance": {**_JSON_DEFAULTS, **schema.get("x-guidance", {})}}
-    lark = f"start: GAP json\nGAP: /[ \\t\\n\\r]{{0,{MAX_GAP}}}/\njson: %json {json.dumps(schema)}"
+    like to start with a space); with whitespace_flexible false (vLLM's disable_any_whitespace) no
+    whitespace is allowed anywhere, that gap included."""
+    schema, gap = _json_options(schema)
+    gap_rule = f"GAP: /[ \\t\\n\\r]{{0,{MAX_GAP}}}/\n" if gap else ""
+    lark = f"start: {'GAP ' if gap else ''}json\n{gap_rule}json: %json {json.dumps(schema)}"
     return llguidance.LLMatcher.grammar_from_lark(lark)
+
+
+def json_rule(schema) -> str:
+    """The Lark body `%json {...}` of JSON that validates against schema, with our whitespace bound and
+    escapes; the schema's own x-guidance options win over ours."""
+    return f"%json {json.dumps(_json_options(schema)[0])}"
+
+
+def _json_options(schema) -> tuple:
+    """(schema with our x-guidance options under its own, whether whitespace may lead the JSON)"""
+    if not isinstance(schema, dict):
+        return schema, True
+    own = schema.get("x-guidance", {})
+    options = {**_JSON_DEFAULTS, **own}
+    rigid = own.get("whitespace_flexible") is False and "whitespace_pattern" not in own
+    if rigid:
+        del options["whitespace_pattern"]
+    return {**schema, "x-guidance": options}, not rigid
 
 
 def check_grammar(spec: GrammarSpec) -> None:
@@ -83,7 +100,7 @@ def _reason(error: str) -> str:
     schema: Invalid type: foo\n   1 {...}' -> 'Invalid type: foo'."""
     lines = []
     for line in error.strip().splitlines():
-        if re.match(r"^\s+\d+ ", line):  # the listing of the grammar text starts
+        if re.match(r"^\s+\d+ |^<", line):  # the listing of the grammar text, or <state>/<non-verbose/>
             break
         lines.append(line.strip())
     text = re.sub(r"^at \d+\(\d+\):\s*", "", " ".join(x for x in lines if x))
@@ -123,7 +140,7 @@ class GrammarVocabulary:
             self._compiled.move_to_end(spec)
             return hit
         try:
-            matcher = llguidance.LLMatcher(self.lltokenizer, grammar_text(spec), log_level=0)
+            matcher = llguidance.LLMatcher(self.lltokenizer, grammar_text(spec), log_level=0, limits=_LIMITS)
         except ValueError as e:  # a malformed source: check_grammar refuses it before it gets here
             raise RequestError(f"{spec.param}: the {spec.kind} grammar is invalid: {e}", spec.param) from e
         if matcher.is_error():
@@ -136,16 +153,20 @@ class GrammarVocabulary:
         return matcher
 
     def fill_masks(self, constraints: Sequence["GrammarConstraint"]) -> np.ndarray:
-        """[len(constraints), V] bool: the tokens each may take next, all rows filled in one parallel call."""
-        bits = llnp.allocate_token_bitmask(len(constraints), self.size)  # [B, ceil(V / 32)] int32
-        llnp.fill_next_token_bitmask_par(
-            self.executor, [(c.matcher, i) for i, c in enumerate(constraints)], bits
-        )
-        for c in constraints:  # a matcher past a parser limit allows only end-of-generation: the row ends
-            if c.matcher.is_error():
-                log.warning("grammar matcher failed, the sequence ends: %s", c.matcher.get_error())
-        masks = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, : self.size]  # [B, V]
-        return masks.astype(bool)
+        """[len(constraints), V] bool: the tokens each may take next. The rows not filled since their
+        constraint's last token are filled together, in one parallel call (llguidance's threads, without
+        the GIL: the engine runs this while the forward runs, and the sampler finds the rows ready)."""
+        todo = [c for c in constraints if c.next_mask is None]
+        if todo:
+            bits = llnp.allocate_token_bitmask(len(todo), self.size)  # [B, ceil(V / 32)] int32
+            llnp.fill_next_token_bitmask_par(
+                self.executor, [(c.matcher, i) for i, c in enumerate(todo)], bits
+            )
+            # a matcher that failed (see GrammarConstraint.error) allows only end-of-generation ids
+            masks = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")[:, : self.size]  # [B, V]
+            for c, mask in zip(todo, masks.view(bool), strict=True):
+                c.next_mask = mask
+        return np.stack([c.next_mask for c in constraints])
 
 
 class _LLTokenizerSource:
@@ -174,11 +195,19 @@ class GrammarConstraint:
     def __init__(self, vocab: GrammarVocabulary, matcher: llguidance.LLMatcher):
         self.vocab = vocab
         self.matcher = matcher
+        self.next_mask: np.ndarray | None = None  # [V] bool, filled for the matcher's present state
 
     @property
     def complete(self) -> bool:
         """Nothing more can follow: the output ends here."""
-        return self.matcher.is_stopped()
+        return self.matcher.is_stopped() and not self.matcher.is_error()
+
+    @property
+    def error(self) -> str | None:
+        """Why the matcher failed, on one line, once it has: a parser limit hit while filling a mask or
+        consuming a token (too many Earley items in a row, lexer fuel), or a token it refuses. The
+        sequence must then end with an error; the matcher never recovers."""
+        return _reason(self.matcher.get_error()) if self.matcher.is_error() else None
 
     def allowed(self) -> np.ndarray:
         """[V] bool: the tokens that may come next."""
@@ -189,8 +218,9 @@ class GrammarConstraint:
         return self.matcher.validate_tokens(token_ids)
 
     def advance(self, token_id: int) -> None:
-        """Consumes a sampled token (an end-of-generation token once complete changes nothing)."""
-        if self.complete and token_id in self.vocab.eog_ids:
+        """Consumes a sampled token (an end-of-generation token once stopped changes nothing); when the
+        matcher cannot take it, `error` says why."""
+        if self.matcher.is_stopped() and token_id in self.vocab.eog_ids:
             return
-        if not self.matcher.consume_token(token_id):
-            raise ValueError(f"token {token_id} does not continue the grammar: {self.matcher.get_error()}")
+        self.next_mask = None
+        self.matcher.consume_token(token_id)  # False: the matcher is now in its error state

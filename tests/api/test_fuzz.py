@@ -255,8 +255,9 @@ def test_invalid_utf8_is_a_400_that_says_where(http):
 
 
 def test_deep_nesting_is_a_400(http):
-    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "tool_choice": 0})
-    nested = body.replace('"tool_choice": 0', '"tool_choice": ' + "[" * DEPTH + "]" * DEPTH)
+    # `prediction` is decoded as any JSON (tool_choice was, until it got its type): nesting reaches the limit
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "prediction": 0})
+    nested = body.replace('"prediction": 0', '"prediction": ' + "[" * DEPTH + "]" * DEPTH)
     r = http.post("/v1/chat/completions", content=nested, headers=_json())
     assert r.status_code == 400
     assert r.json()["error"]["code"] == "invalid_json"

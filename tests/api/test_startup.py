@@ -108,7 +108,7 @@ def test_fields_that_do_not_change_generation_are_accepted_and_change_nothing(ht
         ("audio", {"voice": "alloy", "format": "wav"}),
         ("modalities", ["text", "audio"]),
         ("prediction", {"type": "content", "content": "x"}),
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("functions", [{"name": "f"}]),  # deprecated by OpenAI for `tools`
     ],
 )
 def test_fields_we_cannot_honour_are_not_supported_by_this_server(http, name, value):

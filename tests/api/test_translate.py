@@ -308,7 +308,6 @@ def test_chat_parameters(model):
             seed=3,
             stop="x",
             response_format={"type": "text"},
-            tool_choice="none",
             stream=True,
             stream_options={"include_usage": True},
         ),
@@ -345,6 +344,41 @@ def test_chat_json_schema_becomes_a_grammar(model):
     assert chat_plan(chat(response_format=no_schema), model, "c").config.grammar.source == "{}"
 
 
+ARITHMETIC_GBNF = 'root ::= term ("+" term)*\nterm ::= [0-9]+'
+
+
+@pytest.mark.parametrize(
+    ("body", "spec"),
+    [
+        ({"structured_outputs": {"regex": "[a-z]+"}}, GrammarSpec(kind="regex", source="[a-z]+")),
+        ({"structured_outputs": {"choice": ["a", "b"]}}, GrammarSpec(kind="choice", source='["a","b"]')),
+        ({"structured_outputs": {"json": '{"type":"integer"}'}},
+         GrammarSpec(kind="json_schema", source='{"type":"integer"}')),
+        ({"structured_outputs": {"json": True, "disable_any_whitespace": True}},
+         GrammarSpec(kind="json_schema", source='{"x-guidance":{"whitespace_flexible":false}}')),
+        ({"structured_outputs": {"json_object": True}}, GrammarSpec(kind="json_object")),
+        ({"structured_outputs": {"json_object": True, "whitespace_pattern": " ?"}}, GrammarSpec(
+            kind="json_schema", source='{"type":"object","x-guidance":{"whitespace_pattern":" ?"}}')),
+        ({"structured_outputs": {"grammar": "start: /[0-9]+/"}},
+         GrammarSpec(kind="lark", source="start: /[0-9]+/")),
+        ({"structured_outputs": {"grammar": ARITHMETIC_GBNF}},
+         GrammarSpec(kind="lark", source='%llguidance {}\n\nstart: TERM ("+" TERM)*\nTERM: /[0-9]/+\n')),
+        ({"grammar": ARITHMETIC_GBNF},
+         GrammarSpec(kind="lark", source='%llguidance {}\n\nstart: TERM ("+" TERM)*\nTERM: /[0-9]/+\n')),
+        ({"grammar": "%llguidance {}\nstart: /[0-9]+/"},
+         GrammarSpec(kind="lark", source="%llguidance {}\nstart: /[0-9]+/")),
+        ({"grammar": ""}, None),
+    ],
+)  # fmt: skip
+def test_structured_outputs_and_grammar_become_a_grammar(model, body, spec):
+    """The field that asked is each spec's param (named in its errors, mid-output ones included)."""
+    param = "grammar" if "grammar" in body else f"structured_outputs.{next(iter(body['structured_outputs']))}"
+    expected = None if spec is None else msgspec.structs.replace(spec, param=param)
+    assert chat_plan(chat(**body), model, "c").config.grammar == expected
+    plan = completion_plan(completion(prompt=["a", "b"], **body), model, "p")
+    assert [cfg.grammar for cfg in plan.configs] == [expected, expected]
+
+
 def test_chat_logprobs_without_top(model):
     plan = chat_plan(chat(logprobs=True, max_tokens=3), model, "c")
     assert plan.top_logprobs == 0 and plan.config.sampling.logprobs == 0 and plan.config.max_tokens == 3
@@ -353,8 +387,22 @@ def test_chat_logprobs_without_top(model):
 @pytest.mark.parametrize(
     ("fields", "param", "words"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
-        ({"tool_choice": "auto"}, "tool_choice", "not supported"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "does not render tool"),
+        ({"tool_choice": "auto"}, "tool_choice", "only allowed when tools are specified"),
+        ({"tool_choice": "none"}, "tool_choice", "only allowed when tools are specified"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}],
+                    },
+                ]
+            },
+            "messages[1].tool_calls",
+            "does not render tool calls",
+        ),
         ({"functions": [{"name": "f"}]}, "functions", "not supported"),
         ({"function_call": "auto"}, "function_call", "not supported"),
         ({"audio": {"voice": "x"}}, "audio", "not supported"),

@@ -210,7 +210,8 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
     for ids in alone.values():
         c = vocab.constraint(GrammarSpec(kind="json_object"))
         for t in ids:
-            c.advance(t)  # raises on a token the grammar refuses
+            c.advance(t)
+            assert c.error is None, c.error  # every token continued the grammar
         done = c.complete  # the object closed: the engine stopped it there, or at the EOG after it
         assert done or len(ids) == 64, ids
         text = smol.tokenizer.decode([t for t in ids if t not in eog])
@@ -218,6 +219,61 @@ def test_json_mode_outputs_parse_alone_batched_and_preempted(smol):
             assert isinstance(json.loads(text), dict)
             parsed += 1
     assert parsed >= 2
+
+
+class MasksAfterForward(Engine):
+    """The engine without the overlap: the sampler fills every mask once the forward is done."""
+
+    def _fill_masks_during_forward(self, scheduled):
+        return None
+
+
+def test_masks_filled_during_the_forward_give_the_same_tokens(smol):
+    """n = 2 sampled JSON choices beside a greedy text one, chunked prefill: the masks filled while the
+    forward runs are those the sampler would fill after it (the same tokens, step by step)."""
+    config = EngineConfig(max_num_batched_tokens=16, kv_cache_tokens=2048)
+    sampled = json_request(smol, "j", n=2, sampling=SamplingParams(temperature=1.0, seed=3))
+    requests = [msgspec.structs.replace(sampled, max_tokens=20), cfg(smol, 1, PROMPTS[0], max_tokens=8)]
+    overlapped = Engine(smol.loaded, config)
+    out = run(overlapped, requests)
+    assert out == run(MasksAfterForward(smol.loaded, config), requests)
+    assert overlapped._mask_thread is not None
+    vocab = GrammarVocabulary(smol.tokenizer)
+    for index in (0, 1):  # every token was allowed by the mask of its own state, not a stale one
+        c = vocab.constraint(GrammarSpec(kind="json_object"))
+        for t in out[("j", index)]:
+            c.advance(t)
+            assert c.error is None, c.error
+
+
+def wide_grammar(alternatives: int = 2100) -> GrammarSpec:
+    """Lark whose parser exceeds llguidance's 2000 items per Earley row once three digits are out."""
+    rules = "\n".join(f'r{i}: "w{i}."' for i in range(alternatives))
+    wide = " | ".join(f"r{i}" for i in range(alternatives))
+    lark = f'start: "Hello, " DIGITS wide\nDIGITS: /[0-9]{{3}}/\nwide: {wide}\n{rules}\n'
+    return GrammarSpec(kind="lark", source=lark, param="grammar")
+
+
+def test_a_parser_limit_mid_output_ends_that_choice_with_an_error(smol):
+    """The failing choice's last event says "error" with llguidance's reason and the field; its batch
+    mates run on to the same tokens as alone (on the code before, step() raised ValueError, and the worker
+    died with every request in it)."""
+    plain = cfg(smol, 1, PROMPTS[0], max_tokens=10)
+    alone = run(Engine(smol.loaded, EngineConfig(kv_cache_tokens=1024)), [plain])
+    engine = Engine(smol.loaded, EngineConfig(kv_cache_tokens=1024))
+    engine.add_request(cfg(smol, 0, PROMPTS[1], max_tokens=20, grammar=wide_grammar()))
+    engine.add_request(plain)
+    events = []
+    while engine.has_unfinished():
+        events += engine.step()
+    (failed,) = [e for e in events if e.request_id == "r0" and e.finish_reason is not None]
+    assert failed.finish_reason == "error" and failed.completion_tokens < 20, failed
+    assert failed.error.startswith("grammar: the grammar's parser failed at output token "), failed.error
+    assert "Current row has 2101 items; max is 2000" in failed.error and "\n" not in failed.error
+    text = smol.tokenizer.decode([t for e in events if e.request_id == "r0" for t in e.token_ids])
+    assert text.startswith("Hello, "), text
+    assert [t for e in events if e.request_id == "r1" for t in e.token_ids] == alone[("r1", 0)]
+    assert engine.stats().kv_blocks_used == 0
 
 
 def test_json_mode_needs_an_end_of_generation_token(tmp_path):

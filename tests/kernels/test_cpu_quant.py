@@ -150,6 +150,48 @@ def test_matvec_row_independent_of_batch(qtype: QT, level: str):
         assert np.array_equal(batched, alone[:t]), f"t={t}: rows differ from their solo results"
 
 
+PART_TYPES = [(QT.Q4_1, QT.Q8_0, QT.Q4_1), (QT.Q5_0, QT.Q5_0, QT.Q8_0), (QT.Q4_K, QT.Q6_K)]
+PART_TYPES += [(QT.F16, QT.F32, QT.BF16)]
+
+
+@pytest.mark.parametrize("types", PART_TYPES, ids=lambda ts: "-".join(q.name for q in ts))
+@pytest.mark.parametrize("t", [1, 3, 9])
+def test_matvec_parts_equal_one_call_per_part(types: tuple[QT, ...], t: int, level: str):
+    """q | k | v in one call (one team over all parts' rows) gives every column the bits that one matvec
+    per part gives it: odd part sizes (a row pair straddling two parts) and small parts included"""
+    rng = np.random.default_rng([int(q) for q in types] + [t])
+    k = 256 * 3
+    sizes = [67, 5, 33][: len(types)]
+    raws = [random_rows(q, n, k, rng) for q, n in zip(types, sizes, strict=True)]
+    x = rng.standard_normal((t, k), dtype=np.float32)
+    ldy = sum(sizes) + 3  # a strided output, as a fused projection's is not
+    want = np.full((t, ldy), np.nan, np.float32)
+    off = 0
+    for q, raw, n in zip(types, raws, sizes, strict=True):
+        flat = want.reshape(-1)[off:]
+        _cpu.matvec(int(q), raw, raw.shape[1], n, k, x, t, flat, ldy)
+        off += n
+    got = np.full((t, ldy), np.nan, np.float32)
+    qtypes, row_bytes = tuple(int(q) for q in types), tuple(r.shape[1] for r in raws)
+    _cpu.matvec_parts(qtypes, tuple(raws), row_bytes, tuple(sizes), k, x, t, got, ldy)
+    assert np.array_equal(got[:, : sum(sizes)], want[:, : sum(sizes)])
+    assert np.isnan(got[:, sum(sizes) :]).all(), "columns past the parts were written"
+
+
+def test_matvec_parts_rejects_bad_parts():
+    raw = random_rows(QT.Q8_0, 4, 64, np.random.default_rng(0))
+    x, y = np.zeros((1, 64), np.float32), np.zeros((1, 8), np.float32)
+    q8 = int(QT.Q8_0)
+    with pytest.raises(ValueError, match="four tuples of one length"):
+        _cpu.matvec_parts((q8, q8), (raw,), (raw.shape[1],), (4,), 64, x, 1, y, 8)
+    with pytest.raises(ValueError, match="w holds"):
+        _cpu.matvec_parts((q8, q8), (raw, raw), (raw.shape[1],) * 2, (4, 5), 64, x, 1, y, 9)
+    with pytest.raises(ValueError, match="ldy"):
+        _cpu.matvec_parts((q8, q8), (raw, raw), (raw.shape[1],) * 2, (4, 4), 64, x, 1, y, 7)
+    with pytest.raises(ValueError, match="type 99 is not supported"):
+        _cpu.matvec_parts((q8, 99), (raw, raw), (raw.shape[1],) * 2, (4, 4), 64, x, 1, y, 8)
+
+
 def check_dequant(qtype: QT, raw: np.ndarray, k: int, rows: np.ndarray | None, row0: int, nrows: int, level):
     ref = reference(raw, qtype)[rows if rows is not None else slice(row0, row0 + nrows)]
     out = np.full((nrows, k), np.nan, dtype=np.float32)

@@ -105,6 +105,22 @@ def test_whitespace_gaps_are_bounded(vocab, tokenizer):
     assert recognized(vocab, tokenizer, "{" + " " * MAX_GAP + '"a"' + "\n" * MAX_GAP + ":1}")
 
 
+def test_whitespace_flexible_false_allows_no_whitespace_anywhere(vocab, tokenizer):
+    """vLLM's disable_any_whitespace: no leading gap, none between tokens; the default allows both."""
+    compact = GrammarSpec(
+        kind="json_schema",
+        source=json.dumps({"type": "object", "x-guidance": {"whitespace_flexible": False}}),
+    )
+    for text, default, strict in [
+        ('{"a":[1,2]}', True, True),
+        (' {"a":1}', True, False),
+        ('{"a": 1}', True, False),
+    ]:
+        c, taken, ids = walk(vocab, tokenizer, text, compact)
+        assert (taken == len(ids) and c.complete) == strict, text
+        assert recognized(vocab, tokenizer, text) == default, text
+
+
 def test_mutations_agree_with_the_json_module(vocab, tokenizer):
     """Random edits of valid documents: accepted exactly when json.loads gives an object (ASCII texts, no
     trailing whitespace and no gap over MAX_GAP, the two rules the recognizer adds)."""
@@ -211,12 +227,31 @@ def test_random_walks_that_end_are_json_objects(vocab, tokenizer):
     assert ended >= 20
 
 
-def test_advance_rejects_a_token_the_mask_bans(vocab, tokenizer):
+def test_a_token_the_mask_bans_leaves_the_matcher_in_error(vocab, tokenizer):
+    """The sequence ends with this error (the engine reports it); the matcher then allows only
+    end-of-generation and is not `complete`, so the output does not pass for a finished one."""
     c = vocab.constraint(JSON_OBJECT)
     (bad,) = tokenizer.encode("x", add_bos=False)
-    assert not c.allowed()[bad]
-    with pytest.raises(ValueError, match="does not continue the grammar"):
-        c.advance(bad)
+    assert not c.allowed()[bad] and c.error is None
+    c.advance(bad)
+    assert "doesn't satisfy the grammar" in c.error and "\n" not in c.error, c.error
+    assert not c.complete
+    assert sorted(np.flatnonzero(c.allowed())) == sorted(tokenizer.eog_ids)
+
+
+def test_a_parser_limit_mid_output_is_an_error(vocab, tokenizer):
+    """More alternatives after "Hello, " than one Earley row may hold: the grammar compiles, the first
+    token is allowed, consuming it fails with llguidance's reason (its state and grammar left out)."""
+    alternatives = " | ".join(f'"w{i}"' for i in range(2100))
+    spec = GrammarSpec(kind="lark", source=f'start: "Hello, " wide\nwide: {alternatives}\n')
+    check_grammar(spec)
+    c = vocab.constraint(spec)
+    (first,) = np.flatnonzero(c.allowed())
+    c.advance(int(first))
+    assert c.error == (
+        "Parser Error: Current row has 2101 items; max is 2000; consider making your grammar "
+        "left-recursive if it's right-recursive"
+    )
 
 
 @pytest.mark.parametrize("name", ["llama-spm", "phi-3", "qwen2", "llama-bpe"])

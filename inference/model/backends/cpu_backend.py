@@ -68,6 +68,7 @@ class CpuBackend:
         self.q8_types = frozenset(_cpu.matmul_q8_types())
         self._seq_memo: tuple | None = None  # attention metadata of the last batch (every layer reuses it)
         self._rope_memo: tuple | None = None  # cos / sin of the last batch's positions (likewise)
+        self._split_memo: tuple | None = None  # the last batch's fill / exact rows (likewise)
         log.info(
             "backend: cpu (%s kernels, %d threads, %s KV cache)", _cpu.simd_level(), threads, kv_cache_dtype
         )
@@ -141,26 +142,39 @@ class CpuBackend:
         x = _c32(x)
         assert x.shape[1] == w.k, f"linear: x {x.shape} vs weight [{w.n}, {w.k}]"
         y = np.empty((x.shape[0], w.n), np.float32)
-        fill = np.flatnonzero(kv_only) if kv_only is not None else np.empty(0, np.int64)
+        fill, exact = self._row_split(kv_only)
         if fill.size == 0:
             self._exact(x, w, y)
-        elif fill.size == x.shape[0]:
+        elif exact.size == 0:
             self._fill(x, w, y)
         else:  # a prefill chunk's last row (its logits are read) beside the rows before it
-            exact = np.flatnonzero(~kv_only)
             y[fill] = self._fill(np.ascontiguousarray(x[fill]), w, np.empty((fill.size, w.n), np.float32))
             y[exact] = self._exact(np.ascontiguousarray(x[exact]), w, np.empty((exact.size, w.n), np.float32))
         if bias is not None:
             y += bias
         return y
 
+    def _row_split(self, kv_only: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        # (fill rows, exact rows) of the batch: found once, every linear of the forward reuses them
+        memo = self._split_memo
+        if memo is not None and memo[0] is kv_only:
+            return memo[1]
+        if kv_only is None:
+            split = (np.empty(0, np.int64), np.empty(0, np.int64))  # exact.size 0 is never asked for then
+        else:
+            split = (np.flatnonzero(kv_only), np.flatnonzero(~kv_only))
+        self._split_memo = (kv_only, split)
+        return split
+
     def _exact(self, x: np.ndarray, w: QuantWeight | SplitWeight, y: np.ndarray) -> np.ndarray:
         # rows whose logits are read: float32 activations through the fused matvec, whatever their count
         # (the kernel gives a row the same result in any batch: batch invariance)
-        flat, off = y.reshape(-1), 0
-        for p in _parts(w):
-            _cpu.matvec(p.ggml_type, p.raw, p.raw.shape[1], p.n, p.k, x, x.shape[0], flat[off:], w.n)
-            off += p.n
+        # (the parts of q | k | v or gate | up in one call: one team, x grouped once, small parts split too)
+        parts = _parts(w)
+        _cpu.matvec_parts(
+            tuple(p.ggml_type for p in parts), tuple(p.raw for p in parts),
+            tuple(p.raw.shape[1] for p in parts), tuple(p.n for p in parts), w.k, x, x.shape[0], y, w.n,
+        )  # fmt: skip
         return y
 
     def _fill(self, x: np.ndarray, w: QuantWeight | SplitWeight, y: np.ndarray) -> np.ndarray:
