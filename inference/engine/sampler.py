@@ -145,12 +145,12 @@ def _apply_constraints(x: np.ndarray, logits: np.ndarray, states: Sequence[Seque
     vocab = states[rows[0]].constraint.vocab  # one tokenizer per engine
     allowed = vocab.fill_masks([states[i].constraint for i in rows])  # [R, V] bool
     assert allowed.shape[1] == x.shape[1], (allowed.shape, x.shape)
-    for i, mask in zip(rows, allowed, strict=True):
-        x[i, ~mask] = -np.inf
-        if not np.isfinite(x[i]).any():  # logit_bias banned all that may come: keep the likeliest of those
-            ids = np.flatnonzero(mask)
-            best = ids[np.argmax(logits[i, ids])]
-            x[i, best] = logits[i, best]
+    masked = np.where(allowed, x[rows], np.float32(-np.inf))  # [R, V]; ~3x faster than x[i, ~mask] per row
+    for k in np.flatnonzero(~np.isfinite(masked).any(axis=1)):  # logit_bias banned all that may come:
+        ids = np.flatnonzero(allowed[k])  # keep the likeliest of those
+        best = ids[np.argmax(logits[rows[k], ids])]
+        masked[k, best] = logits[rows[k], best]
+    x[rows] = masked
 
 
 # -- random sampling (argmax-invariant filters), row by row -----------------------------------------
