@@ -45,6 +45,7 @@ SCHEMA = {
     "required": ["city", "population", "districts", "coastal"],
     "additionalProperties": False,
 }
+NO_BIAS = np.empty(0, np.int64)  # the states of the mask walk set no logit_bias
 SPEC = GrammarSpec(kind="json_schema", source=json.dumps(SCHEMA))
 CITIES = ["Paris", "Lyon", "Marseille", "Toulouse", "Nice", "Nantes", "Strasbourg", "Montpellier"]
 
@@ -92,7 +93,7 @@ def time_masks(vocab: GrammarVocabulary, tok: Tokenizer, rows: int, steps: int) 
     logits = np.zeros((rows, vocab.size), np.float32)
     fill, applied = [], []
     for _ in range(steps):
-        states = [SimpleNamespace(constraint=c) for c in walk.constraints]
+        states = [SimpleNamespace(constraint=c, bias_ids=NO_BIAS) for c in walk.constraints]
         start = time.perf_counter()
         vocab.fill_masks(walk.constraints)
         fill.append(time.perf_counter() - start)

@@ -145,12 +145,16 @@ def _apply_constraints(x: np.ndarray, logits: np.ndarray, states: Sequence[Seque
     vocab = states[rows[0]].constraint.vocab  # one tokenizer per engine
     allowed = vocab.fill_masks([states[i].constraint for i in rows])  # [R, V] bool
     assert allowed.shape[1] == x.shape[1], (allowed.shape, x.shape)
-    masked = np.where(allowed, x[rows], np.float32(-np.inf))  # [R, V]; ~3x faster than x[i, ~mask] per row
-    for k in np.flatnonzero(~np.isfinite(masked).any(axis=1)):  # logit_bias banned all that may come:
-        ids = np.flatnonzero(allowed[k])  # keep the likeliest of those
-        best = ids[np.argmax(logits[rows[k], ids])]
-        masked[k, best] = logits[rows[k], best]
-    x[rows] = masked
+    whole = len(rows) == len(x)  # every row constrained: mask in place, no gather and scatter
+    masked = x if whole else x[rows]  # [R, V]
+    np.copyto(masked, np.float32(-np.inf), where=~allowed)
+    for k, i in enumerate(rows):  # only logit_bias can have banned all that may come: keep the likeliest
+        if states[i].bias_ids.size and not np.isfinite(masked[k]).any():
+            ids = np.flatnonzero(allowed[k])
+            best = ids[np.argmax(logits[i, ids])]
+            masked[k, best] = logits[i, best]
+    if not whole:
+        x[rows] = masked
 
 
 # -- random sampling (argmax-invariant filters), row by row -----------------------------------------
