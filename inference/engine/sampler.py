@@ -145,12 +145,16 @@ def _apply_constraints(x: np.ndarray, logits: np.ndarray, states: Sequence[Seque
     vocab = states[rows[0]].constraint.vocab  # one tokenizer per engine
     allowed = vocab.fill_masks([states[i].constraint for i in rows])  # [R, V] bool
     assert allowed.shape[1] == x.shape[1], (allowed.shape, x.shape)
-    for i, mask in zip(rows, allowed, strict=True):
-        x[i, ~mask] = -np.inf
-        if not np.isfinite(x[i]).any():  # logit_bias banned all that may come: keep the likeliest of those
-            ids = np.flatnonzero(mask)
+    whole = len(rows) == len(x)  # every row constrained: mask in place, no gather and scatter
+    masked = x if whole else x[rows]  # [R, V]
+    np.copyto(masked, np.float32(-np.inf), where=~allowed)
+    for k, i in enumerate(rows):  # only logit_bias can have banned all that may come: keep the likeliest
+        if states[i].bias_ids.size and not np.isfinite(masked[k]).any():
+            ids = np.flatnonzero(allowed[k])
             best = ids[np.argmax(logits[i, ids])]
-            x[i, best] = logits[i, best]
+            masked[k, best] = logits[i, best]
+    if not whole:
+        x[rows] = masked
 
 
 # -- random sampling (argmax-invariant filters), row by row -----------------------------------------
