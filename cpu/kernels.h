@@ -20,6 +20,13 @@ int cpu_matvec(int type, const uint8_t *w, int64_t row_bytes, int64_t n, int64_t
 int cpu_matvec_parts(int nparts, const int *types, const uint8_t *const *ws, const int64_t *row_bytes,
                      const int64_t *ns, int64_t k, const float *x, int64_t t, float *y, int64_t ldy);
 
+/* matvec_q8.c: as cpu_matvec_parts, with x quantized to int8 (one scale per 32 values) and integer dot
+ * products: the decode path for rows whose logits are read. Q4_0 .. Q8_0, Q4_K, Q5_K, Q6_K on the AVX-512
+ * VNNI level only (cpu_matvec_q8_supported); otherwise KERR_TYPE. */
+int cpu_matvec_q8_parts(int nparts, const int *types, const uint8_t *const *ws, const int64_t *row_bytes,
+                        const int64_t *ns, int64_t k, const float *x, int64_t t, float *y, int64_t ldy);
+int cpu_matvec_q8_supported(int type);
+
 /* dequant.c: out[r, :] = W[row r] as float32 [k], for rows[r] (r < nrows), or row0 + r when rows is NULL */
 int cpu_dequant_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t k, const int32_t *rows,
                      int64_t row0, int64_t nrows, float *out);

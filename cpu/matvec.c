@@ -85,29 +85,6 @@ static void row_scalar(const matvec_args *a, int64_t j, uint8_t *buf) {
 
 #if CPU_X86
 
-/* CALL(TT) with TT the compile-time constant equal to tt (1 ... 4 or 1 ... 8) */
-#define SWITCH_TT4(tt, CALL)                   \
-    case 1: CALL(1); break;                    \
-    case 2: CALL(2); break;                    \
-    case 3: CALL(3); break;                    \
-    case 4: CALL(4); break
-
-#define SWITCH_TT4_OF(tt, CALL) switch (tt) { SWITCH_TT4(tt, CALL); }
-
-#define SWITCH_TT8_OF(tt, CALL)                \
-    switch (tt) {                              \
-        SWITCH_TT4(tt, CALL);                  \
-    case 5: CALL(5); break;                    \
-    case 6: CALL(6); break;                    \
-    case 7: CALL(7); break;                    \
-    case 8: CALL(8); break;                    \
-    }
-
-/* software prefetch distance in bytes along each weight row: the hardware prefetcher alone leaves the
- * decode waiting on DRAM (measured 1.4-1.7x slower on streamed Q4_1 / Q4_K / Q8_0 weights at 0 or 1 KiB) */
-#ifndef PREFETCH
-#define PREFETCH 8192
-#endif
 
 /* ---- AVX2: one weight row x up to 4 activation rows ---------------------------------------------- */
 

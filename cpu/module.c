@@ -51,8 +51,11 @@ static PyObject *py_matvec(PyObject *self, PyObject *args) {
     return kernel_result(rc, "matvec", type);
 }
 
-/* matvec_parts(types, ws, row_bytes, ns, k, x, t, y, ldy): tuples of equal length, one entry per part */
-static PyObject *py_matvec_parts(PyObject *self, PyObject *args) {
+typedef int (*parts_fn)(int, const int *, const uint8_t *const *, const int64_t *, const int64_t *, int64_t,
+                        const float *, int64_t, float *, int64_t);
+
+/* (types, ws, row_bytes, ns, k, x, t, y, ldy): tuples of equal length, one entry per part */
+static PyObject *call_parts(PyObject *args, parts_fn fn, const char *op) {
     PyObject *types_o, *ws_o, *rb_o, *ns_o;
     Py_ssize_t k, t, ldy;
     Py_buffer x, y;
@@ -87,7 +90,7 @@ static PyObject *py_matvec_parts(PyObject *self, PyObject *args) {
     int rc = 0;
     if (!bad) {
         Py_BEGIN_ALLOW_THREADS
-        rc = cpu_matvec_parts((int)np_, types, ws, rbs, ns, k, x.buf, t, y.buf, ldy);
+        rc = fn((int)np_, types, ws, rbs, ns, k, x.buf, t, y.buf, ldy);
         Py_END_ALLOW_THREADS
     }
     for (int p = 0; p < got; p++) PyBuffer_Release(&w[p]);
@@ -96,12 +99,18 @@ static PyObject *py_matvec_parts(PyObject *self, PyObject *args) {
     int culprit = types[0]; /* the part at fault: checked alone (no rows, so nothing is computed) */
     for (Py_ssize_t p = 0; rc == KERR_TYPE && p < np_; p++) {
         const int64_t none = 0;
-        if (cpu_matvec_parts(1, &types[p], &ws[p], &rbs[p], &none, k, NULL, t, NULL, ldy) == KERR_TYPE) {
+        if (fn(1, &types[p], &ws[p], &rbs[p], &none, k, NULL, t, NULL, ldy) == KERR_TYPE) {
             culprit = types[p];
             break;
         }
     }
-    return kernel_result(rc, "matvec_parts", culprit);
+    return kernel_result(rc, op, culprit);
+}
+
+static PyObject *py_matvec_parts(PyObject *self, PyObject *args) { return call_parts(args, cpu_matvec_parts, "matvec_parts"); }
+
+static PyObject *py_matvec_q8_parts(PyObject *self, PyObject *args) {
+    return call_parts(args, cpu_matvec_q8_parts, "matvec_q8_parts");
 }
 
 /* dequant_rows(type, w, row_bytes, n, k, rows or None, row0, nrows, out) */
@@ -411,11 +420,11 @@ static PyObject *py_matmul_q8(PyObject *self, PyObject *args) {
     return rc == KERR_MEMORY ? PyErr_NoMemory() : kernel_result(rc, "matmul_q8", type);
 }
 
-/* matmul_q8_types() -> the GGML type ids matmul_q8 takes */
-static PyObject *py_matmul_q8_types(PyObject *self, PyObject *noargs) {
+/* the GGML type ids (< 64) for which supported(type) holds, as a tuple */
+static PyObject *type_ids(int (*supported)(int)) {
     PyObject *ids = PyList_New(0);
     for (int type = 0; ids && type < 64; type++)
-        if (cpu_matmul_q8_supported(type)) {
+        if (supported(type)) {
             PyObject *v = PyLong_FromLong(type);
             if (!v || PyList_Append(ids, v) < 0) Py_CLEAR(ids);
             Py_XDECREF(v);
@@ -425,6 +434,12 @@ static PyObject *py_matmul_q8_types(PyObject *self, PyObject *noargs) {
     Py_DECREF(ids);
     return tuple;
 }
+
+/* matmul_q8_types() -> the GGML type ids matmul_q8 takes */
+static PyObject *py_matmul_q8_types(PyObject *self, PyObject *noargs) { return type_ids(cpu_matmul_q8_supported); }
+
+/* matvec_q8_types() -> the GGML type ids matvec_q8_parts takes at the current SIMD level (none below VNNI) */
+static PyObject *py_matvec_q8_types(PyObject *self, PyObject *noargs) { return type_ids(cpu_matvec_q8_supported); }
 
 static PyMethodDef methods[] = {
     {"matvec", py_matvec, METH_VARARGS, "y[t, :n] = W x[t] for quantized W (fused dequantize)"},
@@ -446,6 +461,8 @@ static PyMethodDef methods[] = {
     {"quantize_q8", py_quantize_q8, METH_VARARGS, "float32 rows -> int8 blocks of 32 with a float scale"},
     {"matmul_q8", py_matmul_q8, METH_VARARGS, "y[t, :n] = W x[t] for quantized W and int8 activations"},
     {"matmul_q8_types", py_matmul_q8_types, METH_NOARGS, "GGML type ids matmul_q8 supports"},
+    {"matvec_q8_parts", py_matvec_q8_parts, METH_VARARGS, "int8-activation matvec over the parts of one projection"},
+    {"matvec_q8_types", py_matvec_q8_types, METH_NOARGS, "GGML type ids matvec_q8_parts supports at this level"},
     {NULL, NULL, 0, NULL},
 };
 
