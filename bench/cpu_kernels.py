@@ -1,5 +1,7 @@
 """CPU matvec bandwidth: GB/s of weight bytes per GGML type and decode batch size t, on one thread and on
-the whole OpenMP team, against what a plain read (sum) and a memcpy of memory reach on as many threads.
+the whole OpenMP team, against what a plain read (sum) and a memcpy of memory reach on as many threads;
+for the types with the int8-activation decode kernel (matvec_q8, AVX-512 VNNI hosts) its team figures
+beside the float32 kernel's (columns "q8 ...", "q8 / f32": the float32 time over the int8 time).
 
     .venv/bin/python -m bench.cpu_kernels [--runs 25] [--quick]
 
@@ -72,8 +74,9 @@ def memory_bandwidth(runs: int, threads: int) -> dict[str, float]:
 class Matvec:
     """One shape of one type: copies of the weights, x and y, and a call that reads the next copy."""
 
-    def __init__(self, qtype: QT, n: int, k: int, t: int, rng: np.random.Generator):
+    def __init__(self, qtype: QT, n: int, k: int, t: int, rng: np.random.Generator, q8: bool = False):
         self.qtype, self.n, self.k, self.t = qtype, n, k, t
+        self.kernel = _cpu.matvec_q8_parts if q8 else _cpu.matvec_parts
         base = random_rows(qtype, n, k, rng)
         self.nbytes = base.nbytes
         self.cycle = itertools.cycle([base] + [base.copy() for _ in range(POOL_BYTES // base.nbytes - 1)])
@@ -82,7 +85,7 @@ class Matvec:
 
     def __call__(self) -> None:
         w = next(self.cycle)
-        _cpu.matvec(int(self.qtype), w, w.shape[1], self.n, self.k, self.x, self.t, self.y, self.n)
+        self.kernel((int(self.qtype),), (w,), (w.shape[1],), (self.n,), self.k, self.x, self.t, self.y, self.n)
 
     def seconds(self, runs: int, threads: int) -> list[float]:
         previous = _cpu.threads()
@@ -102,6 +105,14 @@ def row(qtype: QT, n: int, k: int, t: int, runs: int, threads: int, read_gbs: fl
     mv = Matvec(qtype, n, k, t, rng)
     one, team = mv.seconds(runs, 1), mv.seconds(runs, threads)
     gb = n * row_bytes(qtype, k) / 1e9
+    q8 = dict.fromkeys(("q8 best ms", "q8 best GB/s", "q8 / f32"), "-")  # no int8 kernel for the type here
+    if int(qtype) in _cpu.matvec_q8_types():
+        team_q8 = Matvec(qtype, n, k, t, rng, q8=True).seconds(runs, threads)
+        q8 = {
+            "q8 best ms": min(team_q8) * 1e3,
+            "q8 best GB/s": gb / min(team_q8),
+            "q8 / f32": f"{min(team) / min(team_q8):.2f}x",
+        }
     return {
         "type": qtype.name,
         "shape [n, k]": f"[{n}, {k}]",
@@ -114,6 +125,7 @@ def row(qtype: QT, n: int, k: int, t: int, runs: int, threads: int, read_gbs: fl
         "best ms": min(team) * 1e3,
         "best GB/s": gb / min(team),
         "best / read": f"{gb / min(team) / read_gbs:.0%}",
+        **q8,
     }
 
 
