@@ -85,7 +85,8 @@ class Matvec:
 
     def __call__(self) -> None:
         w = next(self.cycle)
-        self.kernel((int(self.qtype),), (w,), (w.shape[1],), (self.n,), self.k, self.x, self.t, self.y, self.n)
+        q, k, t, n = int(self.qtype), self.k, self.t, self.n
+        self.kernel((q,), (w,), (w.shape[1],), (n,), k, self.x, t, self.y, n)
 
     def seconds(self, runs: int, threads: int) -> list[float]:
         previous = _cpu.threads()

@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.oracle, pytest.mark.slow]
 LOGIT_TOL = {"numpy": 1e-4, "cpu": 1.0}
 # max |Δ| of the cpu backend over the six prompts below (2-core dev VM, AVX-512 VNNI); with the logit rows
 # in float32 activations (the kernel hosts below VNNI take) SmolLM2 measured 0.25 .. 0.73 and Qwen2.5-0.5B
-# 0.10 .. 0.25; with float32 activations and KV the same kernels give 4.1e-5 (tests/engine/test_cpu_backend.py)
+# 0.10 .. 0.25; with float32 activations and KV the same kernels give 4.1e-5
+# (tests/engine/test_cpu_backend.py)
 CPU_MEASURED = "SmolLM2 0.65 .. 0.75; Qwen2.5-0.5B 0.24 .. 0.35"
 NEAR_TIE = 0.5  # cpu greedy tokens equal the oracle's up to the first step whose top-2 logits are this close
 GREEDY_TOKENS = 32

@@ -12,8 +12,11 @@ from inference.model.backends import _cpu
 from tests.kernels.test_cpu_q8 import TYPES, block_max, k_of, quantize, random_blocks, unpack
 
 VNNI = _cpu.host_level() == "avx512vnni"
-needs_vnni = pytest.mark.skipif(not VNNI, reason="matvec_q8 runs on AVX-512 VNNI hosts only (this host: "
-                                f"{_cpu.host_level()}); the backend takes the float32 matvec there")
+needs_vnni = pytest.mark.skipif(
+    not VNNI,
+    reason="matvec_q8 runs on AVX-512 VNNI hosts only (this host: "
+    f"{_cpu.host_level()}); the backend takes the float32 matvec there",
+)
 # (n, k in blocks of the type, t): odd row counts, one block, Qwen2.5-0.5B's ffn k = 4864, batches 1 ... 64
 SHAPES = [(1, 1, 1), (3, 2, 2), (17, 3, 7), (257, 1, 1), (5, 2, 8), (9, 3, 9), (3, 2, 64), (17, "large", 1),
           (17, "large", 16)]  # fmt: skip
@@ -24,8 +27,8 @@ def matvec_q8(types, raws, ns, k, x, ldy=None) -> np.ndarray:
     t, n = x.shape[0], sum(ns)
     ldy = ldy or n + 3
     y = np.full((t, ldy), np.nan, np.float32)
-    _cpu.matvec_q8_parts(tuple(int(q) for q in types), tuple(raws), tuple(r.shape[1] for r in raws), tuple(ns), k,
-                         np.ascontiguousarray(x), t, y, ldy)  # fmt: skip
+    codes, row_bytes = tuple(int(q) for q in types), tuple(r.shape[1] for r in raws)
+    _cpu.matvec_q8_parts(codes, tuple(raws), row_bytes, tuple(ns), k, np.ascontiguousarray(x), t, y, ldy)
     assert np.isnan(y[:, n:]).all(), "wrote past the parts' columns"
     return y[:, :n]
 
@@ -90,10 +93,12 @@ def test_matvec_q8_same_on_one_and_all_threads(rng, qtype):
 def test_matvec_q8_parts_equal_one_call_per_part(rng, t):
     """q | k | v of mixed types (as Qwen2.5's Q5_0 q, k beside a Q8_0 v) in one call = each part alone."""
     types, ns, k = [QT.Q5_0, QT.Q5_0, QT.Q8_0], [64, 16, 16], 256
-    raws = [random_blocks(q, n, k, rng) for q, n in zip(types, ns)]
+    raws = [random_blocks(q, n, k, rng) for q, n in zip(types, ns, strict=True)]
     x = rng.standard_normal((t, k)).astype(np.float32)
     together = matvec_q8(types, raws, ns, k, x)
-    apart = np.concatenate([matvec_q8([q], [r], [n], k, x) for q, r, n in zip(types, raws, ns)], axis=1)
+    apart = np.concatenate(
+        [matvec_q8([q], [r], [n], k, x) for q, r, n in zip(types, raws, ns, strict=True)], axis=1
+    )
     np.testing.assert_array_equal(together, apart)
 
 

@@ -180,7 +180,7 @@ class CpuBackend:
             _matvec_parts(_cpu.matvec_q8_parts if q8[0] else _cpu.matvec_parts, parts, x, y)
             return y
         flat, off = y.reshape(-1), 0
-        for p, use_q8 in zip(parts, q8):
+        for p, use_q8 in zip(parts, q8, strict=True):
             _matvec_parts(_cpu.matvec_q8_parts if use_q8 else _cpu.matvec_parts, (p,), x, flat[off:], w.n)
             off += p.n
         return y
@@ -278,7 +278,7 @@ def _parts(w: QuantWeight | SplitWeight) -> tuple[QuantWeight, ...]:
     return w.parts if isinstance(w, SplitWeight) else (w,)
 
 
-def _matvec_parts(kernel, parts: tuple[QuantWeight, ...], x: np.ndarray, y: np.ndarray, ldy: int | None = None):
+def _matvec_parts(kernel, parts: tuple[QuantWeight, ...], x: np.ndarray, y: np.ndarray, ldy=None):
     # y [T, ldy] (columns of the parts side by side) = x [T, K] @ the parts' rows.T
     n = sum(p.n for p in parts)
     kernel(
