@@ -54,15 +54,8 @@ static inline const float *xfloats(const uint8_t *xr, int64_t k, int which) {
     return (const float *)(xr + padded_k(k)) + which * (padded_k(k) / 32);
 }
 
-static int supported_type(int type) {
-    switch (type) {
-    case GGML_Q4_0: case GGML_Q4_1: case GGML_Q5_0: case GGML_Q5_1: case GGML_Q8_0:
-    case GGML_Q4_K: case GGML_Q5_K: case GGML_Q6_K: return 1;
-    default: return 0;
-    }
-}
-
-int cpu_matvec_q8_supported(int type) { return cpu_level() == LEVEL_VNNI && supported_type(type); }
+/* the integer types matmul_q8 takes (the same w = dw * u + mw forms), on the VNNI level only */
+int cpu_matvec_q8_supported(int type) { return cpu_level() == LEVEL_VNNI && cpu_matmul_q8_supported(type); }
 
 #if CPU_X86
 

@@ -9,7 +9,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
 from inference.model.backends import _cpu
-from tests.kernels.test_cpu_q8 import TYPES, block_max, k_of, quantize, random_blocks, unpack
+from tests.kernels.test_cpu_q8 import HOST_LEVELS, TYPES, assert_int8_product, k_of, random_blocks
 
 VNNI = _cpu.host_level() == "avx512vnni"
 needs_vnni = pytest.mark.skipif(
@@ -33,13 +33,6 @@ def matvec_q8(types, raws, ns, k, x, ldy=None) -> np.ndarray:
     return y[:, :n]
 
 
-def x_hat(x: np.ndarray) -> np.ndarray:
-    """The activations the kernel multiplies, d * q per block of 32, as float64."""
-    t, k = x.shape
-    q, d, *_ = unpack(quantize(x), t, k)
-    return np.repeat(d, 32, axis=1).astype(np.float64) * q
-
-
 @needs_vnni
 @pytest.mark.parametrize("n, blocks, t", SHAPES, ids=[f"n{n}-b{b}-t{t}" for n, b, t in SHAPES])
 @pytest.mark.parametrize("qtype", TYPES, ids=[q.name for q in TYPES])
@@ -48,16 +41,9 @@ def test_matvec_q8_against_float64(rng, qtype, n, blocks, t):
     raw = random_blocks(qtype, n, k, rng)
     w = dequantize(raw, qtype).reshape(n, k).astype(np.float64)
     x = rng.standard_normal((t, k)).astype(np.float32)
-    y = matvec_q8([qtype], [raw], [n], k, x)
-    xh = x_hat(x)
-    # the same integers in float64: float32 rounding of the per-unit scaling and of ~k/32 + 8 sums
-    rounding = (k / 32 + 8) * 2.0**-23 * (np.abs(xh) @ np.abs(w).T) + 1e-30
-    excess = np.abs(y - xh @ w.T) / rounding
-    assert excess.max() <= 1, f"{excess.max():.2f} x the rounding bound"
-    # against the float32 activations: the int8 bound (max|x| / 254 per value of each block)
-    bound = block_max(x).astype(np.float64) @ np.abs(w).T / 254 + rounding
-    err = np.abs(y - x.astype(np.float64) @ w.T)
-    assert (err <= bound).all(), f"{(err / bound).max():.2f} x the int8 bound"
+    # the same integers in float64 to float32 rounding of the per-unit scaling and ~k/32 + 8 sums; the
+    # float32 activations within the int8 bound
+    assert_int8_product(matvec_q8([qtype], [raw], [n], k, x), x, w, k / 32 + 8)
 
 
 @needs_vnni
@@ -106,9 +92,7 @@ def test_matvec_q8_types_follow_the_level():
     """The 8 integer types on AVX-512 VNNI; none on any lower level (the float32 matvec takes them)."""
     want = tuple(int(q) for q in TYPES) if VNNI else ()
     assert _cpu.matvec_q8_types() == want
-    for level in ("scalar", "avx2", "avx512"):
-        if level in ("avx2", "avx512") and _cpu.host_level() == "scalar":
-            continue
+    for level in [lv for lv in HOST_LEVELS if lv != "avx512vnni"]:  # the levels this host can be forced to
         _cpu.force_level(level)
         try:
             assert _cpu.matvec_q8_types() == ()

@@ -77,6 +77,24 @@ def matmul(qtype: QT, raw: np.ndarray, n: int, k: int, xq: np.ndarray, t: int, l
     return y[:, :n]
 
 
+def x_hat(x: np.ndarray) -> np.ndarray:
+    """The activations the int8 kernels multiply, d * q per block of 32 (quantize_q8's rule), as float64."""
+    t, k = x.shape
+    q, d, *_ = unpack(quantize(x), t, k)
+    return np.repeat(d, 32, axis=1).astype(np.float64) * q
+
+
+def assert_int8_product(y: np.ndarray, x: np.ndarray, w: np.ndarray, sums: float, what: str = "") -> None:
+    """y = x^ @ w.T to float32 rounding of `sums` terms (the integers are exact), and y = x @ w.T within
+    the int8 bound: max|x| / 254 per value of each block of 32."""
+    rounding = sums * 2.0**-23 * (np.abs(x_hat(x)) @ np.abs(w).T) + 1e-30
+    excess = np.abs(y - x_hat(x) @ w.T) / rounding
+    assert excess.max() <= 1, f"{what}{excess.max():.2f} x the rounding bound"
+    bound = block_max(x).astype(np.float64) @ np.abs(w).T / 254 + rounding
+    err = np.abs(y - x.astype(np.float64) @ w.T)
+    assert (err <= bound).all(), f"{what}{(err / bound).max():.2f} x the int8 bound"
+
+
 def block_max(x: np.ndarray) -> np.ndarray:
     """max |x| of the 32-block of every value, [t, k]."""
     t, k = x.shape
@@ -130,25 +148,16 @@ def test_matmul_q8_every_path(rng, qtype, n, blocks, t):
     w = dequantize(raw, qtype).reshape(n, k).astype(np.float64)
     x = rng.standard_normal((t, k)).astype(np.float32)
     xq = quantize(x)
-    q, d, *_ = unpack(xq, t, k)
-    x_hat = np.repeat(d, 32, axis=1).astype(np.float64) * q  # what the kernels multiply, exactly
-    mag = np.abs(x_hat) @ np.abs(w).T  # sum |w||x^|, the scale of float rounding
-    exact = x_hat @ w.T
     ys = {level: matmul(qtype, raw, n, k, xq, t, level) for level in HOST_LEVELS}
 
-    # every path: the float64 product of the same integers, to float32 rounding of ~k/32 + 4 terms
-    rounding = (k / 32 + 4) * 2.0**-23 * mag + 1e-30
+    # every path: the float64 product of the same integers, to float32 rounding of ~k/32 + 4 terms, and
+    # within the int8 bound of float math on the unquantized x
     for level, y in ys.items():
-        excess = np.abs(y - exact) / rounding
-        assert excess.max() <= 1, f"{level}: {excess.max():.2f} x the rounding bound"
+        assert_int8_product(y, x, w, k / 32 + 4, f"{level}: ")
+    rounding = (k / 32 + 4) * 2.0**-23 * (np.abs(x_hat(x)) @ np.abs(w).T) + 1e-30
     for level in HOST_LEVELS[1:]:  # SIMD vs scalar: the same integer dots, sums in another order
         diff = np.abs(ys[level] - ys["scalar"]) / rounding
         assert diff.max() <= 1, f"{level} vs scalar: {diff.max():.2f} x the rounding bound"
-
-    # against float math on the unquantized x: the int8 bound
-    bound = block_max(x).astype(np.float64) @ np.abs(w).T / 254 + rounding
-    err = np.abs(ys[HOST_LEVELS[-1]] - x.astype(np.float64) @ w.T)
-    assert (err <= bound).all(), f"{(err / bound).max():.2f} x the int8 bound"
 
 
 @pytest.mark.parametrize("qtype", [QT.Q4_1, QT.Q8_0, QT.Q4_K, QT.Q6_K], ids=lambda q: q.name)
